@@ -1,0 +1,163 @@
+"""Group commit behind db.submit(): queued write units share one transaction and one COMMIT.
+
+Each unit runs in its own SAVEPOINT, so a failing unit is rolled back alone and raises to its own caller
+only; every caller is resumed after the COMMIT that made its unit durable. Statement units of the same
+shape (the same INSERT with different parameters) run as one `executemany` inside one SAVEPOINT, and fall
+back to one SAVEPOINT per unit only when that group fails. This is where write throughput comes from:
+the per-transaction cost (admission, BEGIN, COMMIT, thread hops) is paid once per batch, not per unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
+
+from dbfoundation.driver_errors import is_retryable, translate
+
+__all__ = ["GroupCommitter"]
+
+MAX_BATCH = 256
+_RETRIES = 3  # PostgreSQL serialization failures / deadlocks rerun a unit this many times
+
+
+@dataclass(eq=False)
+class _Unit:
+    future: asyncio.Future[Any]
+    function: Callable[[AsyncSession], Awaitable[Any]] | None = None
+    statement: Executable | None = None
+    params: Mapping[str, Any] | None = None
+    outcome: tuple[bool, Any] | None = field(default=None)
+
+    def group_key(self) -> object:
+        """Units with equal keys may run as one executemany; None means "run alone"."""
+        statement = self.statement
+        if not isinstance(statement, Insert) or self.params is None or statement._post_values_clause is not None:
+            return None  # only plain INSERT ... VALUES adds exactly one row per parameter set
+        if statement._returning or statement._values or statement._multi_values:
+            return None
+        cache_key = statement._generate_cache_key()
+        return None if cache_key is None else (cache_key.key, tuple(self.params))
+
+
+class GroupCommitter:
+    """One background task per Database drains the queue in batches of at most MAX_BATCH units.
+
+    `transaction()` must yield a session inside a fresh write transaction and commit it on exit (the
+    Database passes its write path, so admission and BEGIN IMMEDIATE apply to every batch).
+    """
+
+    def __init__(self, transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]]) -> None:
+        self._transaction = transaction
+        self._queue: deque[_Unit] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit_function(self, function: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
+        return await self._submit(_Unit(asyncio.get_running_loop().create_future(), function=function))
+
+    async def submit_statement(self, statement: Executable, params: Mapping[str, Any] | None) -> Any:
+        unit = _Unit(asyncio.get_running_loop().create_future(), statement=statement, params=params)
+        return await self._submit(unit)
+
+    async def _submit(self, unit: _Unit) -> Any:
+        if self._closed:
+            raise RuntimeError("GroupCommitter is closed")
+        self._queue.append(unit)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="dbfoundation-group-commit")
+        # A caller cancelled while its unit still waits in the queue takes the unit with it (the batch
+        # skips cancelled futures); once the batch has started, the unit commits regardless.
+        return await unit.future
+
+    async def close(self) -> None:
+        """Let queued units finish, then stop the worker."""
+        self._closed = True
+        if self._worker is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [
+                u
+                for u in (self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue))))
+                if not u.future.done()
+            ]
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Unit]) -> None:
+        try:
+            async with self._transaction() as session:
+                for key, group in itertools.groupby(batch, key=_Unit.group_key):
+                    units = list(group)
+                    if key is not None and len(units) > 1 and await _run_together(session, units):
+                        continue
+                    for unit in units:
+                        await _run_alone(session, unit)
+        except BaseException as exc:  # admission, BEGIN, COMMIT or the connection failed: nothing committed
+            batch_error = (
+                exc if isinstance(exc, Exception) else RuntimeError("the Database stopped before this write committed")
+            )
+            for unit in batch:
+                own_failure = unit.outcome is not None and not unit.outcome[0]
+                if not unit.future.done():
+                    unit.future.set_exception(unit.outcome[1] if own_failure else batch_error)  # type: ignore[index]
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for unit in batch:
+            if unit.future.done() or unit.outcome is None:
+                continue
+            ok, value = unit.outcome
+            if ok:
+                unit.future.set_result(value)
+            else:
+                unit.future.set_exception(value)
+
+
+async def _run_together(session: AsyncSession, units: list[_Unit]) -> bool:
+    statement = units[0].statement
+    assert statement is not None  # noqa: S101 - group_key only groups statement units
+    try:
+        async with session.begin_nested():
+            connection = await session.connection()
+            await connection.execute(statement, [dict(u.params or {}) for u in units])
+    except Exception:
+        return False  # one bad row sinks the executemany: rerun one SAVEPOINT per unit to find it
+    for unit in units:
+        unit.outcome = (True, 1)
+    return True
+
+
+async def _run_alone(session: AsyncSession, unit: _Unit) -> None:
+    for attempt in itertools.count(1):
+        try:
+            async with session.begin_nested():
+                if unit.function is not None:
+                    value = await unit.function(session)
+                else:
+                    assert unit.statement is not None  # noqa: S101 - a unit is a function or a statement
+                    connection = await session.connection()
+                    result = await connection.execute(unit.statement, dict(unit.params or {}))
+                    value = getattr(result, "rowcount", None)
+            unit.outcome = (True, value)
+            return
+        except Exception as exc:
+            if is_retryable(exc) and attempt < _RETRIES:
+                continue
+            typed = translate(exc, where="db.submit()")
+            if typed is not None:
+                typed.__cause__ = exc
+            unit.outcome = (False, typed or exc)
+            return

@@ -1,0 +1,370 @@
+"""Database: the lifecycle (start/stop) and the units of work read(), write(), connection(), raw(), submit()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar, overload
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.sql import Executable
+
+from dbfoundation.admission import WriteAdmission
+from dbfoundation.batching import GroupCommitter
+from dbfoundation.driver_errors import is_sqlite_busy, translate
+from dbfoundation.engine import Engines, build_engines
+from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
+from dbfoundation.pragmas import set_journal_mode_once
+from dbfoundation.session import run_to_completion, transaction_scope
+from dbfoundation.settings import DatabaseSettings
+
+__all__ = ["Database"]
+
+T = TypeVar("T")
+logger = logging.getLogger("dbfoundation")
+State = Literal["new", "started", "stopped"]
+_FOREIGN_WRITER = "a writer outside dbfoundation's lock file (e.g. the sqlite3 shell or a backup tool)"
+
+
+class Database:
+    """One database for one process: engines, pools, write admission and group commit.
+
+    Create it explicitly (never at import time: connections must not cross a fork()), start it in the
+    app's lifespan (`async with db:` or `await db.start()`), stop it once. On SQLite writes are
+    serialised across tasks, threads and processes and never surface `database is locked`; on
+    PostgreSQL the same calls run on one pooled engine.
+    """
+
+    def __init__(self, settings: DatabaseSettings | None = None) -> None:
+        self.settings = settings if settings is not None else DatabaseSettings()
+        self._state: State = "new"
+        self._engines: Engines | None = None
+        self._admission: WriteAdmission | None = None
+        self._committer = GroupCommitter(self._batch_transaction)
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._start_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> Database:
+        """A Database for `url`; other settings from keywords, then the environment, then defaults."""
+        return cls(DatabaseSettings(url=url, **overrides))
+
+    def __repr__(self) -> str:
+        return f"Database({self.settings.masked_url!r}, state={self._state!r})"
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return self.settings.backend
+
+    @property
+    def engines(self) -> Engines:
+        """The engines (writer, reader); for integrations such as migrations and health checks."""
+        return self._require_started("db.engines")
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the folder and set WAL (SQLite), open the pools and check the database answers.
+
+        Calling it again while started does nothing. Raises DatabaseUnavailable if the database cannot
+        be reached, ConfigurationError if SQLite does not accept the PRAGMAs.
+        """
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._state == "started":
+                return
+            if self._state == "stopped":
+                raise SessionStateError("db.start()", "stopped", "Create a new Database to start again.")
+            settings = self.settings
+            if settings.backend == "sqlite":
+                path = settings.sqlite_path
+                await asyncio.to_thread(
+                    set_journal_mode_once, path, settings.sqlite_journal_mode.lower(), settings.sqlite_busy_timeout
+                )
+                self._admission = WriteAdmission(path, use_lock_file=settings.sqlite_lock_file)
+            engines = build_engines(settings)
+            try:
+                await self._check_reachable(engines)
+            except BaseException:
+                await engines.dispose()
+                self._close_admission()
+                raise
+            self._engines = engines
+            self._state = "started"
+            if settings.backend == "sqlite" and settings.sqlite_checkpoint_interval > 0:
+                self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="dbfoundation-checkpoint")
+            logger.info("database started: %s", settings.masked_url)
+
+    async def stop(self) -> None:
+        """Finish queued submits, run PRAGMA optimize (SQLite), close every connection. Idempotent."""
+        if self._state != "started" or self._engines is None:
+            self._state = "stopped" if self._state == "new" else self._state
+            return
+        await self._committer.close()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+        if self.backend == "sqlite":
+            with contextlib.suppress(Exception):  # optimize is advice to the planner; never fail a stop on it
+                async with self._write_connection() as connection:
+                    await connection.execute(text("PRAGMA optimize"))
+                    await connection.commit()
+        self._state = "stopped"
+        await self._engines.dispose()
+        self._engines = None
+        self._close_admission()
+        logger.info("database stopped: %s", self.settings.masked_url)
+
+    async def __aenter__(self) -> Database:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "started":
+            warnings.warn(
+                f"{self!r} was garbage-collected while started; its connections were never closed. "
+                "Use 'async with db:' or 'await db.stop()'.",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    # -- units of work -----------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """An AsyncSession for reads: the reader pool on SQLite (never waits for the writer), a read-only
+        transaction on PostgreSQL (or the replica). A write through it raises ReadOnlyError."""
+        engines = self._require_started("db.read()")
+        async with engines.reader.connect() as connection, transaction_scope(connection, where="db.read()") as session:
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """An AsyncSession in a write transaction: committed when the block ends, rolled back on error.
+
+        SQLite: waits for the write slot (FIFO in this process, a lock file across processes), then
+        BEGIN IMMEDIATE; raises WriteTimeout past DATABASE_WRITE_TIMEOUT. Keep the block short and free
+        of network calls: every other writer waits for it. Unique, foreign-key, check and not-null
+        violations raise DuplicateKeyError, ForeignKeyViolation, CheckViolation, NotNullViolation.
+        """
+        async with self._write_connection() as connection, transaction_scope(connection, where="db.write()") as session:
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def connection(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A Core AsyncConnection: a write transaction (as write(), committed at the end) unless
+        `read_only`, which gives a reader connection that begins on first use and rolls back at the end."""
+        engines = self._require_started("db.connection()")
+        if read_only:
+            async with engines.reader.connect() as connection:
+                yield connection
+            return
+        async with self._write_connection() as connection:
+            try:
+                yield connection
+                await connection.commit()
+            except BaseException as exc:
+                await run_to_completion(connection.rollback)
+                typed = translate(exc, where="db.connection()") if isinstance(exc, Exception) else None
+                if typed is not None:
+                    raise typed from exc
+                raise
+
+    @contextlib.asynccontextmanager
+    async def raw(self, *, read_only: bool = False) -> AsyncIterator[Any]:
+        """The driver connection, every PRAGMA applied, inside a transaction committed at the end.
+
+        SQLite: an `aiosqlite.Connection` with `aiosqlite.Row` rows (write admission applies unless
+        `read_only`). PostgreSQL: an `asyncpg.Connection`. For code that does not use SQLAlchemy.
+        """
+        engines = self._require_started("db.raw()")
+        if self.backend == "postgresql":
+            engine = engines.reader if read_only else engines.writer
+            async with engine.connect() as connection:
+                driver = await _driver(connection)
+                async with driver.transaction(readonly=read_only):
+                    yield driver
+            return
+        scope = self.connection(read_only=True) if read_only else self._write_connection()
+        async with scope as connection:
+            if read_only:
+                await connection.begin()
+            driver = await _driver(connection)
+            driver.row_factory = _aiosqlite_row()
+            try:
+                yield driver
+                await connection.commit()
+            finally:
+                driver.row_factory = None  # the pooled connection goes back to SQLAlchemy with plain tuples
+                await run_to_completion(connection.rollback)
+
+    @overload
+    async def submit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
+    @overload
+    async def submit(self, work: Executable, params: Mapping[str, Any] | None = None) -> int: ...
+    async def submit(self, work: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """Run one small write in a shared transaction with other queued writes (group commit).
+
+        `work` is an async function given a session, or a Core statement with its `params`
+        (an INSERT returns 1; an UPDATE/DELETE returns its rowcount). Each unit runs in its own
+        SAVEPOINT: a failing unit raises to its caller alone and leaves nothing behind. Returns only
+        after the COMMIT that made the unit durable. Same-shape INSERTs run as one executemany.
+        """
+        self._require_started("db.submit()")
+        if isinstance(work, Executable):
+            return await self._committer.submit_statement(work, params)
+        if params is not None:
+            raise TypeError("params are for statements; a function unit gets its values by closure")
+        return await self._committer.submit_function(work)
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _require_started(self, call: str) -> Engines:
+        if self._state == "started" and self._engines is not None:
+            return self._engines
+        if self._state == "new":
+            raise SessionStateError(call, "not started", "Use 'async with db:' or 'await db.start()' first.")
+        raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
+
+    @contextlib.asynccontextmanager
+    async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """The writer connection in a begun transaction, inside the write slot; closed (so rolled back if
+        still open) before the slot is released, even when the task is cancelled."""
+        engines = self._require_started("db.write()")
+        async with self._write_slot() as deadline:
+            connection = await self._begin_write(engines.writer, deadline)
+            try:
+                yield connection
+            finally:
+                await run_to_completion(connection.close)
+
+    @contextlib.asynccontextmanager
+    async def _write_slot(self) -> AsyncIterator[float]:
+        loop = asyncio.get_running_loop()
+        if self._admission is None:  # PostgreSQL: the server arbitrates writers
+            yield loop.time() + self.settings.write_timeout
+            return
+        async with self._admission.slot(self.settings.write_timeout) as deadline:
+            yield deadline
+
+    async def _begin_write(self, engine: AsyncEngine, deadline: float) -> AsyncConnection:
+        """Check out the writer connection and begin its transaction, retrying SQLITE_BUSY until `deadline`.
+
+        Busy can only come from writers that bypass the lock file; BEGIN IMMEDIATE either fails before
+        anything ran (safe to retry) or guarantees no later SQLITE_BUSY in this transaction.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection = await engine.connect()
+            except Exception as exc:
+                raise (translate(exc, where=self.settings.masked_url) or exc) from exc
+            try:
+                if self._admission is not None:
+                    await self._fit_busy_timeout(connection, deadline - loop.time())
+                await connection.begin()
+                return connection
+            except BaseException as exc:
+                await run_to_completion(connection.invalidate if is_sqlite_busy(exc) else connection.close)
+                if not is_sqlite_busy(exc):
+                    typed = translate(exc, where=self.settings.masked_url) if isinstance(exc, Exception) else None
+                    if typed is not None:
+                        raise typed from exc
+                    raise
+                if loop.time() >= deadline:
+                    waited = self.settings.write_timeout - (deadline - loop.time())
+                    raise WriteTimeout(str(self.settings.sqlite_path), waited, _FOREIGN_WRITER) from exc
+                await asyncio.sleep(random.uniform(0.001, 0.005))  # noqa: S311 - jitter, not cryptography
+
+    async def _fit_busy_timeout(self, connection: AsyncConnection, remaining_s: float) -> None:
+        """Keep SQLite's own busy wait inside our deadline (it would otherwise wait the full busy timeout)."""
+        configured_ms = round(self.settings.sqlite_busy_timeout * 1000)
+        wanted_ms = max(1, min(configured_ms, int(remaining_s * 1000)))
+        if connection.info.get("dbf_busy_timeout_ms", configured_ms) == wanted_ms:
+            return
+        driver = await _driver(connection)
+        cursor = await driver.execute(f"PRAGMA busy_timeout = {wanted_ms}")
+        await cursor.close()
+        connection.info["dbf_busy_timeout_ms"] = wanted_ms
+
+    @contextlib.asynccontextmanager
+    async def _batch_transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.write() as session:
+            yield session
+
+    async def _check_reachable(self, engines: Engines) -> None:
+        for engine in {id(engines.writer): engines.writer, id(engines.reader): engines.reader}.values():
+            try:
+                async with engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+            except Exception as exc:
+                typed = translate(exc, where=self.settings.masked_url)
+                if typed is None:
+                    typed = DatabaseUnavailable(
+                        self.settings.masked_url,
+                        f"the first connection failed ({type(exc).__name__})",
+                        "Check DATABASE_URL and that the database is running.",
+                    )
+                raise typed from exc
+
+    async def _checkpoint_loop(self) -> None:
+        """Keep the WAL bounded: past journal_size_limit, checkpoint it (TRUNCATE) in the write slot.
+
+        SQLite's own auto-checkpoint cannot reset the WAL while readers overlap continuously, so it
+        grows without bound under read load (sqlite.org/wal.html, checkpoint starvation).
+        """
+        path = self.settings.sqlite_path
+        wal = path.with_name(path.name + "-wal")
+        limit = self.settings.sqlite_journal_size_limit
+        while True:
+            await asyncio.sleep(self.settings.sqlite_checkpoint_interval)
+            try:
+                size = wal.stat().st_size
+            except OSError:
+                continue
+            if limit < 0 or size <= limit:
+                continue
+            try:
+                async with self._write_slot():
+                    engine = self.engines.writer
+                    async with engine.connect() as connection:
+                        driver = await _driver(connection)
+                        cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        await cursor.close()
+            except (WriteTimeout, SessionStateError):
+                continue
+            except Exception:
+                logger.warning("WAL checkpoint of %s failed; will retry", path, exc_info=True)
+
+    def _close_admission(self) -> None:
+        if self._admission is not None:
+            self._admission.close()
+            self._admission = None
+
+
+async def _driver(connection: AsyncConnection) -> Any:
+    """The driver's own connection (aiosqlite or asyncpg) behind a pooled SQLAlchemy connection."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is None:  # only after invalidation, which our paths never hand out
+        raise SessionStateError("db.raw()", "holding an invalidated connection", "Retry the call.")
+    return driver
+
+
+def _aiosqlite_row() -> Any:
+    import aiosqlite
+
+    return aiosqlite.Row

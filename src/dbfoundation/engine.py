@@ -1,0 +1,96 @@
+"""Build and dispose the engines: SQLite writer + reader pools, or the PostgreSQL engine (and replica).
+
+SQLite gets two engines on one file: a writer pool of exactly one connection whose transactions begin
+with `BEGIN IMMEDIATE`, and a reader pool whose connections are `query_only` and begin a deferred `BEGIN`
+(a consistent snapshot that never upgrades to a write). PostgreSQL gets one engine; reads use it in
+read-only transactions, or the replica engine when DATABASE_READ_URL is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from dbfoundation.pragmas import PragmaPlan, apply_pragmas
+from dbfoundation.settings import DatabaseSettings
+
+__all__ = ["Engines", "build_engines"]
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The engines one Database owns. On PostgreSQL without a replica, `reader` shares `writer`'s pool."""
+
+    writer: AsyncEngine
+    reader: AsyncEngine
+    owns_reader: bool
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.owns_reader:
+            await self.reader.dispose()
+
+
+def _common_options(settings: DatabaseSettings) -> dict[str, Any]:
+    # hide_parameters keeps bound values (often personal data) out of error messages and logs; echo
+    # is the explicit opt-in that shows them.
+    return {"echo": settings.echo, "hide_parameters": not settings.echo, "pool_timeout": settings.pool_timeout}
+
+
+def _sqlite_engine(settings: DatabaseSettings, *, reader: bool) -> AsyncEngine:
+    plan = PragmaPlan.from_settings(settings, reader=reader)
+    engine = create_async_engine(
+        settings.async_url,
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=settings.sqlite_readers if reader else 1,
+        max_overflow=0,
+        # The busy timeout must be in force before any PRAGMA runs; connect(timeout=) does that.
+        connect_args={"timeout": settings.sqlite_busy_timeout},
+        **_common_options(settings),
+    )
+    begin_sql = "BEGIN" if reader else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        apply_pragmas(dbapi_connection, plan)
+
+    # BEGIN IMMEDIATE takes the write lock now: a deferred BEGIN that later writes can get SQLITE_BUSY
+    # however long busy_timeout is (sqlite.org/c3ref/busy_handler.html).
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(begin_sql)
+
+    return engine
+
+
+def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_pre_ping=settings.pool_pre_ping,
+        pool_recycle=settings.pool_recycle,
+        isolation_level="READ COMMITTED",
+        **_common_options(settings),
+    )
+
+
+def build_engines(settings: DatabaseSettings) -> Engines:
+    """Create (but do not connect) the engines for `settings`; connections open on first use."""
+    if settings.backend == "sqlite":
+        return Engines(
+            writer=_sqlite_engine(settings, reader=False),
+            reader=_sqlite_engine(settings, reader=True),
+            owns_reader=True,
+        )
+    writer = _postgres_engine(settings, settings.async_url)
+    replica = settings.async_read_url
+    if replica is not None:
+        return Engines(writer=writer, reader=_postgres_engine(settings, replica), owns_reader=True)
+    # Same pool, read-only transactions: a write through db.read() fails fast, as on SQLite.
+    return Engines(writer=writer, reader=writer.execution_options(postgresql_readonly=True), owns_reader=False)
