@@ -93,6 +93,8 @@ def translate(exc: BaseException, *, where: str = "the database") -> DatabaseErr
     """Return the dbfoundation error for a driver error users must act on, or None to leave it as is."""
     if isinstance(exc, DatabaseError):
         return None
+    if isinstance(getattr(exc, "orig", None), DatabaseError):  # ours, raised in a bind processor and wrapped
+        return exc.orig  # type: ignore[attr-defined,no-any-return]
     if isinstance(exc, sa_exc.TimeoutError):  # QueuePool: no connection free within pool_timeout
         return DatabaseUnavailable(
             where,
