@@ -10,19 +10,28 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("DBF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
 START_HINT = (
     "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start "
     "(or point DBF_TEST_POSTGRES_URL at a server)"
 )
 
 _reachable: bool | None = None
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside an async test (on its own thread)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _postgres_reachable() -> bool:
@@ -37,7 +46,7 @@ def _postgres_reachable() -> bool:
             await conn.close()
             return True
 
-        _reachable = asyncio.run(probe())
+        _reachable = _run(probe())
     return _reachable
 
 
@@ -67,7 +76,7 @@ def create_postgres_database() -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    _run(create())
     return _admin_url_for(name)
 
 
@@ -81,7 +90,7 @@ def drop_postgres_database(url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    _run(drop())
 
 
 @pytest.fixture

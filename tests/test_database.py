@@ -1,0 +1,256 @@
+"""Database: lifecycle, the units of work on both backends, PRAGMAs in effect, pools, secrets."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import traceback
+import warnings
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, insert, select, text
+
+from conftest import create_postgres_database, drop_postgres_database, require_postgres
+from dbfoundation import Database, DatabaseSettings, DatabaseUnavailable, ReadOnlyError, SessionStateError
+
+metadata = MetaData()
+parents = Table("parents", metadata, Column("id", Integer, primary_key=True), Column("name", String(50)))
+children = Table(
+    "children",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("parent_id", ForeignKey("parents.id"), nullable=False),
+)
+
+
+async def _create_tables(db: Database) -> None:
+    async with db.write() as session:
+        await session.run_sync(lambda s: metadata.create_all(s.connection()))
+
+
+async def test_start_and_stop_are_idempotent_and_async_with_works(sqlite_url: str) -> None:
+    """start() twice and stop() twice are no-ops; the state moves new → started → stopped."""
+    db = Database.from_url(sqlite_url)
+    assert db.state == "new"
+    await db.start()
+    await db.start()
+    assert db.state == "started"
+    await db.stop()
+    await db.stop()
+    assert db.state == "stopped"
+    async with Database.from_url(sqlite_url) as again:
+        assert again.state == "started"
+    assert again.state == "stopped"
+
+
+async def test_use_before_start_or_after_stop_names_the_call(sqlite_url: str) -> None:
+    """read()/write()/submit() on a Database that is not started raise SessionStateError naming the call."""
+    db = Database.from_url(sqlite_url)
+    with pytest.raises(SessionStateError, match=r"db\.write\(\) cannot run: the Database is not started"):
+        async with db.write():
+            pass
+    async with db:
+        pass
+    with pytest.raises(SessionStateError, match=r"db\.read\(\).*stopped"):
+        async with db.read():
+            pass
+    with pytest.raises(SessionStateError, match=r"db\.start\(\)"):
+        await db.start()
+
+
+async def test_a_started_database_garbage_collected_warns(sqlite_url: str) -> None:
+    """Dropping a started Database without stop() emits a ResourceWarning naming the fix."""
+    db = Database.from_url(sqlite_url, sqlite_checkpoint_interval=0)
+    await db.start()
+    engines = db.engines
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del db
+        gc.collect()
+    await engines.dispose()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning and "async with db" in str(w.message)]
+
+
+async def test_write_commits_and_an_error_rolls_back(backend_url: str) -> None:
+    """A write block commits at its end; an exception inside it leaves nothing behind and propagates."""
+    async with Database.from_url(backend_url) as db:
+        await _create_tables(db)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=1, name="kept"))
+        with pytest.raises(RuntimeError, match="boom"):
+            async with db.write() as session:
+                await session.execute(insert(parents).values(id=2, name="lost"))
+                raise RuntimeError("boom")
+        async with db.read() as session:
+            assert (await session.execute(select(parents.c.name))).scalars().all() == ["kept"]
+
+
+async def test_session_commit_inside_write_keeps_working(backend_url: str) -> None:
+    """Calling session.commit() inside db.write() commits; later statements in the block commit at its end."""
+    async with Database.from_url(backend_url) as db:
+        await _create_tables(db)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=1, name="a"))
+            await session.commit()
+            await session.execute(insert(parents).values(id=2, name="b"))
+        async with db.read() as session:
+            assert await session.scalar(select(parents.c.id).order_by(parents.c.id.desc())) == 2
+
+
+async def test_read_refuses_writes_on_both_backends(backend_url: str) -> None:
+    """A write through db.read() raises ReadOnlyError, on SQLite (query_only) and PostgreSQL (read-only tx)."""
+    async with Database.from_url(backend_url) as db:
+        await _create_tables(db)
+        with pytest.raises(ReadOnlyError):
+            async with db.read() as session:
+                await session.execute(insert(parents).values(id=1, name="x"))
+        async with db.read() as session:
+            assert await session.scalar(select(parents.c.id)) is None
+
+
+async def test_connection_and_raw_give_core_and_driver_connections(backend_url: str) -> None:
+    """connection() is a Core connection committing at the end; raw() is the driver's, rows by name."""
+    async with Database.from_url(backend_url) as db:
+        await _create_tables(db)
+        async with db.connection() as connection:
+            await connection.execute(insert(parents).values(id=1, name="core"))
+        async with db.raw() as raw:
+            if db.backend == "sqlite":
+                await raw.execute("INSERT INTO parents (id, name) VALUES (2, 'raw')")
+                async with raw.execute("SELECT name FROM parents ORDER BY id") as cursor:
+                    names = [row["name"] for row in await cursor.fetchall()]
+            else:
+                await raw.execute("INSERT INTO parents (id, name) VALUES (2, 'raw')")
+                names = [row["name"] for row in await raw.fetch("SELECT name FROM parents ORDER BY id")]
+        assert names == ["core", "raw"]
+        async with db.connection(read_only=True) as connection:
+            assert (await connection.execute(select(parents.c.name))).scalars().all() == ["core", "raw"]
+
+
+async def test_raw_enforces_foreign_keys_and_rolls_back_on_error(backend_url: str) -> None:
+    """raw() connections enforce foreign keys; an error in the block rolls the whole block back."""
+    async with Database.from_url(backend_url) as db:
+        await _create_tables(db)
+        with pytest.raises(Exception, match=r"(?i)foreign key"):
+            async with db.raw() as raw:
+                await raw.execute("INSERT INTO parents (id, name) VALUES (1, 'p')")
+                await raw.execute("INSERT INTO children (id, parent_id) VALUES (1, 999)")
+        async with db.read() as session:
+            assert await session.scalar(select(parents.c.id)) is None
+
+
+async def test_sqlite_pragmas_are_in_effect_in_both_pools(sqlite_url: str) -> None:
+    """Writer and reader sessions report foreign_keys=1, journal_mode=wal, synchronous, busy_timeout, query_only."""
+    async with Database.from_url(sqlite_url, sqlite_synchronous="FULL", sqlite_busy_timeout=2.5) as db:
+        sql = text(
+            "SELECT (SELECT * FROM pragma_foreign_keys()), (SELECT * FROM pragma_journal_mode()),"
+            " (SELECT * FROM pragma_synchronous()), (SELECT * FROM pragma_busy_timeout()),"
+            " (SELECT * FROM pragma_query_only())"
+        )
+        async with db.write() as session:
+            writer = tuple((await session.execute(sql)).one())
+        async with db.read() as session:
+            reader = tuple((await session.execute(sql)).one())
+        assert writer == (1, "wal", 2, 2500, 0)
+        assert reader == (1, "wal", 2, 2500, 1)
+
+
+async def test_every_reader_connection_gets_the_pragmas(sqlite_url: str) -> None:
+    """All connections of the reader pool (not only the first) have foreign keys on and query_only set."""
+    async with Database.from_url(sqlite_url, sqlite_readers=3) as db:
+        sessions = [db.read() for _ in range(3)]
+        entered = [await s.__aenter__() for s in sessions]
+        values = [
+            tuple((await e.execute(text("SELECT * FROM pragma_foreign_keys(), pragma_query_only()"))).one())
+            for e in entered
+        ]
+        for scope in sessions:
+            await scope.__aexit__(None, None, None)
+        assert values == [(1, 1)] * 3
+
+
+async def test_postgres_pool_defaults_and_settings(postgres_url: str) -> None:
+    """PostgreSQL pools default to size 10, overflow 5, pre-ping on, and take the configured values."""
+    async with Database.from_url(postgres_url) as db:
+        pool = db.engines.writer.pool
+        assert (pool.size(), pool._max_overflow, pool._pre_ping) == (10, 5, True)  # type: ignore[attr-defined]
+    async with Database.from_url(postgres_url, pool_size=3, max_overflow=1, pool_pre_ping=False) as db:
+        pool = db.engines.writer.pool
+        assert (pool.size(), pool._max_overflow, pool._pre_ping) == (3, 1, False)  # type: ignore[attr-defined]
+
+
+async def test_postgres_read_url_sends_reads_to_the_replica(postgres_url: str) -> None:
+    """With DATABASE_READ_URL, db.read() runs on that database while writes go to DATABASE_URL."""
+    replica = create_postgres_database()
+    try:
+        async with Database.from_url(postgres_url, read_url=replica) as db:
+            async with db.write() as session:
+                await session.execute(text("CREATE TABLE marker (name text)"))
+                await session.execute(text("INSERT INTO marker VALUES ('primary')"))
+            async with db.read() as session:
+                assert await session.scalar(text("SELECT current_database()")) == replica.rpartition("/")[2]
+    finally:
+        drop_postgres_database(replica)
+
+
+async def test_sqlite_folder_is_created_at_start(tmp_path: Path) -> None:
+    """A SQLite file in a folder that does not exist yet gets its folder at start, and WAL on the file."""
+    path = tmp_path / "nested" / "deeper" / "app.db"
+    async with Database.from_url(f"sqlite:///{path}"):
+        pass
+    assert path.exists()
+    assert path.with_name("app.db-writelock").exists()
+
+
+async def test_unreachable_postgres_fails_at_start_with_a_masked_url() -> None:
+    """A server that does not answer gives DatabaseUnavailable at start, naming the URL without its password."""
+    db = Database.from_url("postgresql://app:s3cr3t-pw@127.0.0.1:1/app")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await db.start()
+    text_of_error = "".join(traceback.format_exception(caught.value))
+    assert "***" in str(caught.value)
+    assert "s3cr3t-pw" not in text_of_error
+    assert db.state == "new"
+
+
+async def test_password_never_reaches_logs_reprs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """With SQL echo and debug logging on, the URL's password shows up in no log line, repr or error."""
+    require_postgres()
+    url = create_postgres_database()
+    secret_url = url.replace("postgres@", "postgres:s3cr3t-pw@")  # trust auth ignores the password
+    try:
+        caplog.set_level(logging.DEBUG)
+        db = Database(DatabaseSettings(url=secret_url, echo=True))
+        texts = [repr(db), repr(db.settings), str(db.settings)]
+        async with db:
+            async with db.write() as session:
+                await session.execute(text("CREATE TABLE t (id int primary key)"))
+            try:
+                async with db.write() as session:
+                    await session.execute(text("SELECT no_such_column FROM t"))
+            except Exception as exc:
+                texts.append("".join(traceback.format_exception(exc)))
+        texts.append(caplog.text)
+        assert caplog.text  # echo really logged
+        assert not [t for t in texts if "s3cr3t-pw" in t]
+    finally:
+        drop_postgres_database(url)
+
+
+async def test_bound_parameters_stay_out_of_errors_unless_echo_is_on(sqlite_url: str) -> None:
+    """A failing statement's error text carries no bound parameter value when echo is off."""
+    email = "alice" + "@example.com"
+    async with Database.from_url(sqlite_url) as db:
+        await _create_tables(db)
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - any error; we check its text
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO parents (id, name) VALUES (:id, :n)"), {"id": 1, "n": email})
+                await session.execute(text("INSERT INTO parents (id, name) VALUES (:id, :n)"), {"id": 1, "n": email})
+        chain: list[BaseException] = []
+        error: BaseException | None = caught.value
+        while error is not None:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        assert len(chain) >= 2  # our error and the driver's
+        assert not [e for e in chain if email in str(e)]

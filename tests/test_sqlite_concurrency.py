@@ -1,0 +1,318 @@
+"""SQLite under concurrent writers: tasks, OS processes, foreign writers, cancellation, the event loop.
+
+Every test here proves its writers really overlapped before trusting the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import queue
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+import _workers
+from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _make_counter(path: Path) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)")
+    connection.execute("INSERT INTO counter VALUES (1, 0)")
+    connection.commit()
+    connection.close()
+
+
+def _counter_value(path: Path) -> int:
+    connection = sqlite3.connect(path)
+    try:
+        return int(connection.execute("SELECT value FROM counter WHERE id = 1").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def _run_processes(target: Any, url: str, *, processes: int, tasks: int, seconds: float) -> list[dict[str, Any]]:
+    barrier = SPAWN.Barrier(processes)
+    out = SPAWN.Queue()
+    workers = [SPAWN.Process(target=target, args=(url, barrier, seconds, tasks, out)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    results: list[dict[str, Any]] = []
+    give_up = time.monotonic() + 120
+    while len(results) < processes:
+        try:
+            results.append(out.get(timeout=0.5))
+        except queue.Empty:
+            # A child that died without reporting would otherwise leave us waiting for the timeout.
+            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            assert not dead, f"a worker process failed with exit code {dead[0]}"
+            assert time.monotonic() < give_up, "the worker processes did not finish in time"
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    return results
+
+
+def _make_hits(path: Path) -> str:
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("CREATE TABLE hits (n INTEGER NOT NULL)")
+    connection.commit()
+    connection.close()
+    return f"sqlite:///{path}"
+
+
+def test_four_processes_of_32_writers_lose_no_increment(tmp_path: Path) -> None:
+    """4 processes x 32 tasks doing read-modify-write through db.write() see no error and lose no update."""
+    path = tmp_path / "app.db"
+    _make_counter(path)
+    results = _run_processes(
+        _workers.counter_with_dbfoundation, f"sqlite:///{path}", processes=4, tasks=32, seconds=3.0
+    )
+    errors = [e for r in results for e in r["errors"]]
+    acknowledged = sum(r["acks"] for r in results)
+    assert errors == []
+    assert all(r["acks"] > 0 for r in results)  # every process really wrote, so they overlapped
+    assert _counter_value(path) == acknowledged
+
+
+def test_the_naive_deferred_pattern_hits_database_is_locked(tmp_path: Path) -> None:
+    """The same workload with WAL + busy_timeout and deferred transactions fails: the test can fail."""
+    path = tmp_path / "app.db"
+    _make_counter(path)
+    results = _run_processes(
+        _workers.counter_the_naive_way, f"sqlite+aiosqlite:///{path}", processes=4, tasks=32, seconds=2.0
+    )
+    errors = [e for r in results for e in r["errors"]]
+    assert any("database is locked" in e for e in errors)
+
+
+async def test_overlapping_writers_queue_and_lose_nothing(tmp_path: Path) -> None:
+    """Fifty writers released together all commit, one after another, and no row is lost."""
+    async with Database(DatabaseSettings(url=f"sqlite:///{tmp_path / 'app.db'}")) as db:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE hits (n INTEGER NOT NULL)"))
+        gate = asyncio.Barrier(50)
+        asked: list[float] = []
+        held: list[tuple[float, float]] = []
+
+        async def writer(n: int) -> None:
+            await gate.wait()
+            asked.append(time.monotonic())
+            async with db.write() as session:
+                began = time.monotonic()
+                await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
+                await asyncio.sleep(0.005)  # keep the slot so the others must queue
+                held.append((began, time.monotonic()))
+
+        await asyncio.gather(*(writer(n) for n in range(50)))
+        first_release = min(end for _, end in held)
+        assert sum(t < first_release for t in asked) >= 25  # they really overlapped
+        held.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(held))  # one writer at a time
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM hits")) == 50
+
+
+async def test_foreign_writer_is_waited_for_then_the_write_succeeds(tmp_path: Path) -> None:
+    """A plain sqlite3 process holding BEGIN IMMEDIATE for 1 s delays db.write(), which then commits."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url) as db:
+        ready = SPAWN.Event()
+        foreign = SPAWN.Process(target=_workers.hold_sqlite_write_lock, args=(str(tmp_path / "app.db"), 1.0, ready))
+        foreign.start()
+        assert await asyncio.to_thread(ready.wait, 20)
+        async with db.write() as session:
+            # Our transaction began after the foreign one committed: it already sees the foreign row.
+            assert await session.scalar(text("SELECT count(*) FROM hits WHERE n = -1")) == 1
+            await session.execute(text("INSERT INTO hits VALUES (1)"))
+        await asyncio.to_thread(foreign.join, 20)
+        async with db.read() as session:
+            assert sorted(await session.scalars(text("SELECT n FROM hits"))) == [-1, 1]
+
+
+async def test_foreign_writer_past_the_write_timeout_raises_write_timeout(tmp_path: Path) -> None:
+    """With DATABASE_WRITE_TIMEOUT=0.2 a 1 s foreign lock gives WriteTimeout in time, and the next write works."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url, write_timeout=0.2) as db:
+        ready = SPAWN.Event()
+        foreign = SPAWN.Process(target=_workers.hold_sqlite_write_lock, args=(str(tmp_path / "app.db"), 1.0, ready))
+        foreign.start()
+        assert await asyncio.to_thread(ready.wait, 20)
+        with pytest.raises(WriteTimeout, match="DATABASE_WRITE_TIMEOUT") as caught:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (1)"))
+        assert foreign.is_alive()  # gave up while the foreign writer still held the lock
+        assert "outside" in str(caught.value.holder)
+        await asyncio.to_thread(foreign.join, 20)
+        async with db.write() as session:  # the slot and the connection are clean
+            await session.execute(text("INSERT INTO hits VALUES (2)"))
+        async with db.read() as session:
+            assert sorted(await session.scalars(text("SELECT n FROM hits"))) == [-1, 2]
+
+
+async def test_write_timeout_in_one_process_names_the_holding_task(tmp_path: Path) -> None:
+    """A writer queued behind a slow writer of the same process times out naming the holder; the slot stays usable."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url, write_timeout=0.2) as db:
+        inside = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow() -> None:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (1)"))
+                inside.set()
+                await release.wait()
+
+        holder = asyncio.create_task(slow(), name="slow-writer")
+        await inside.wait()
+        with pytest.raises(WriteTimeout, match="slow-writer"):
+            async with db.write():
+                pass
+        release.set()
+        await holder
+        async with db.write() as session:
+            await session.execute(text("INSERT INTO hits VALUES (2)"))
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM hits")) == 2
+
+
+async def test_readers_are_not_blocked_by_a_held_write_slot(tmp_path: Path) -> None:
+    """While a writer holds the slot with uncommitted rows, reads complete and see the last committed state."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url) as db:
+        inside = asyncio.Event()
+        release = asyncio.Event()
+
+        async def writer() -> None:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (1)"))
+                inside.set()
+                await release.wait()
+
+        task = asyncio.create_task(writer())
+        await inside.wait()
+        for _ in range(20):
+            async with db.read() as session:
+                assert await session.scalar(text("SELECT count(*) FROM hits")) == 0
+        assert not task.done()  # the reads finished while the writer still held the slot
+        release.set()
+        await task
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM hits")) == 1
+
+
+async def test_a_write_through_read_fails_fast_and_clearly(tmp_path: Path) -> None:
+    """db.read() is query_only: an INSERT raises ReadOnlyError at once, even while a writer holds the slot."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url) as db:
+        release = asyncio.Event()
+        inside = asyncio.Event()
+
+        async def writer() -> None:
+            async with db.write():
+                inside.set()
+                await release.wait()
+
+        task = asyncio.create_task(writer())
+        await inside.wait()
+        # query_only refuses before asking for a lock, so this does not wait for the writer's slot.
+        with pytest.raises(ReadOnlyError, match=r"db\.write\(\)"):
+            async with db.read() as session:
+                await session.execute(text("INSERT INTO hits VALUES (1)"))
+        release.set()
+        await task
+
+
+async def test_event_loop_stays_responsive_while_100_writers_queue(tmp_path: Path) -> None:
+    """A 1 ms heartbeat shows no gap over 50 ms while 100 writers queue behind another process's write slot."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url) as db:
+        ready = SPAWN.Event()
+        other = SPAWN.Process(target=_workers.hold_write_slot, args=(url, 1.5, ready))
+        other.start()
+        assert await asyncio.to_thread(ready.wait, 30)
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def heartbeat() -> None:
+            loop = asyncio.get_running_loop()
+            while not done.is_set():
+                before = loop.time()
+                await asyncio.sleep(0.001)
+                gaps.append(loop.time() - before)
+
+        async def writer(n: int) -> None:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
+
+        began = time.monotonic()
+        writers = [asyncio.create_task(writer(n)) for n in range(100)]
+        await asyncio.sleep(0.01)  # let them all reach the queue, then watch the loop while they wait
+        beat = asyncio.create_task(heartbeat())
+        await asyncio.gather(*writers)
+        queued_for = time.monotonic() - began
+        done.set()
+        await beat
+        await asyncio.to_thread(other.join, 20)
+        assert queued_for > 0.5  # the writers really waited behind the other process
+        assert len(gaps) > 100
+        assert max(gaps) < 0.050
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM hits WHERE n >= 0")) == 100
+
+
+async def test_cancelling_writers_mid_transaction_leaks_no_slot_and_no_partial_write(tmp_path: Path) -> None:
+    """500 writers cancelled at random points under load: the slot stays free and no half transaction shows."""
+    path = tmp_path / "app.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE parts (tx INTEGER NOT NULL, part INTEGER NOT NULL)")
+    connection.close()
+    async with Database.from_url(f"sqlite:///{path}", write_timeout=10.0) as db:
+        tx_ids = itertools.count()
+        current: asyncio.Task[None] | None = None
+
+        async def writer() -> None:
+            nonlocal current
+            tx = next(tx_ids)
+            async with db.write() as session:
+                current = asyncio.current_task()
+                try:
+                    await session.execute(text("INSERT INTO parts VALUES (:tx, 1)"), {"tx": tx})
+                    await asyncio.sleep(0.001)
+                    await session.execute(text("INSERT INTO parts VALUES (:tx, 2)"), {"tx": tx})
+                finally:
+                    current = None
+
+        cancelled = mid_transaction = 0
+        while cancelled < 500:
+            tasks = [asyncio.create_task(writer()) for _ in range(40)]
+            while not all(t.done() for t in tasks):
+                await asyncio.sleep(random.uniform(0, 0.002))
+                if current is not None and not current.done():
+                    current.cancel()  # cancelled between its two INSERTs, holding the slot
+                    mid_transaction += 1
+                queued = [t for t in tasks if not t.done() and t is not current]
+                if queued and random.random() < 0.3:
+                    random.choice(queued).cancel()  # cancelled while waiting for the slot
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            cancelled += sum(isinstance(r, asyncio.CancelledError) for r in results)
+            assert not [r for r in results if isinstance(r, Exception)]
+        assert mid_transaction >= 200
+        async with db.write() as session:  # a leaked slot would end in WriteTimeout here
+            await session.execute(text("INSERT INTO parts VALUES (-1, 1)"))
+            await session.execute(text("INSERT INTO parts VALUES (-1, 2)"))
+        assert db.engines.writer.pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with db.read() as session:
+            counts = set(await session.scalars(text("SELECT count(*) FROM parts GROUP BY tx")))
+        assert counts == {2}  # every transaction is whole: both parts or nothing

@@ -1,0 +1,117 @@
+"""db.submit(): group commit with a SAVEPOINT per unit, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbfoundation import Database, DuplicateKeyError
+
+metadata = MetaData()
+items = Table(
+    "items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(40), nullable=False, unique=True),
+    Column("n", Integer, nullable=False, default=0),
+)
+
+
+async def _setup(db: Database) -> list[int]:
+    async with db.write() as session:
+        await session.run_sync(lambda s: metadata.create_all(s.connection()))
+    commits: list[int] = [0]
+
+    @event.listens_for(db.engines.writer.sync_engine, "commit")
+    def _count(_connection: Any) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+class UnitFailed(Exception):
+    pass
+
+
+async def test_thousand_units_with_failures_commit_exactly_the_successes(backend_url: str) -> None:
+    """1,000 concurrent units, every 7th failing: successes are committed once, failures raise alone."""
+    async with Database.from_url(backend_url) as db:
+        commits = await _setup(db)
+        seen_commits: dict[int, int] = {}
+
+        async def unit(i: int) -> int:
+            async def work(session: AsyncSession) -> int:
+                seen_commits[i] = commits[0]
+                await session.execute(insert(items).values(id=i, key=f"k{i}"))
+                if i % 7 == 0:
+                    raise UnitFailed(i)  # after writing its row: the row must vanish with the SAVEPOINT
+                return i
+
+            return await db.submit(work)
+
+        results = await asyncio.gather(*(unit(i) for i in range(1000)), return_exceptions=True)
+        failed = {i for i, r in enumerate(results) if isinstance(r, UnitFailed)}
+        assert failed == {i for i in range(1000) if i % 7 == 0}
+        assert all(r == i for i, r in enumerate(results) if i not in failed)
+        # every caller was resumed only after a COMMIT that came after its unit ran
+        assert all(commits[0] > seen for seen in seen_commits.values())
+        assert commits[0] < 200  # units really shared transactions
+        async with db.read() as session:
+            stored = set((await session.execute(select(items.c.id))).scalars())
+        assert stored == set(range(1000)) - failed
+
+
+async def test_statement_units_run_together_and_a_duplicate_fails_alone(backend_url: str) -> None:
+    """Same-shape INSERTs share one executemany; a duplicate key among them raises only to its caller."""
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        statement = insert(items)
+        await db.submit(statement, {"id": 0, "key": "dup"})
+        params = [{"id": i, "key": f"k{i}"} for i in range(1, 300)]
+        params[150] = {"id": 150, "key": "dup"}
+        results = await asyncio.gather(*(db.submit(insert(items), p) for p in params), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 1
+        assert isinstance(errors[0], DuplicateKeyError)
+        assert results.count(1) == 298
+        async with db.read() as session:
+            assert await session.scalar(select(text("count(*)")).select_from(items)) == 299
+
+
+async def test_update_units_return_their_rowcount(backend_url: str) -> None:
+    """An UPDATE submitted as a statement returns how many rows it changed."""
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        for i in range(3):
+            await db.submit(insert(items), {"id": i, "key": f"k{i}"})
+        changed = await db.submit(update(items).where(items.c.id < 2).values(n=items.c.n + 1))
+        unchanged = await db.submit(update(items).where(items.c.id > 100).values(n=1))
+        assert (changed, unchanged) == (2, 0)
+
+
+async def test_submit_rejects_params_for_a_function_unit(sqlite_url: str) -> None:
+    """Params belong to statements; passing them with a function is a TypeError, not a silent drop."""
+    async with Database.from_url(sqlite_url) as db:
+
+        async def work(session: AsyncSession) -> None:
+            return None
+
+        with pytest.raises(TypeError, match="params are for statements"):
+            await db.submit(work, {"a": 1})  # type: ignore[call-overload]
+
+
+async def test_stop_finishes_queued_units(sqlite_url: str) -> None:
+    """Units queued when stop() is called are committed before the connections close."""
+    db = Database.from_url(sqlite_url)
+    await db.start()
+    await _setup(db)
+    pending = [asyncio.create_task(db.submit(insert(items), {"id": i, "key": f"k{i}"})) for i in range(50)]
+    await asyncio.sleep(0)
+    await db.stop()
+    assert [t.result() for t in pending] == [1] * 50
+    async with Database.from_url(sqlite_url) as again, again.read() as session:
+        assert await session.scalar(select(text("count(*)")).select_from(items)) == 50
