@@ -72,11 +72,14 @@ class Database:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, require_database: bool = True) -> None:
         """Create the folder and set WAL (SQLite), open the pools and check the database answers.
 
         Calling it again while started does nothing. Raises DatabaseUnavailable if the database cannot
-        be reached, ConfigurationError if SQLite does not accept the PRAGMAs.
+        be reached, ConfigurationError if SQLite does not accept the PRAGMAs. With
+        `require_database=False` an unreachable database is logged instead: the Database starts
+        degraded, calls fail with DatabaseUnavailable until the database answers again, and the pools
+        reconnect on their own (no restart needed).
         """
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
@@ -95,6 +98,12 @@ class Database:
             engines = build_engines(settings)
             try:
                 await self._check_reachable(engines)
+            except DatabaseUnavailable as exc:
+                if require_database:
+                    await engines.dispose()
+                    self._close_admission()
+                    raise
+                logger.warning("database unreachable at start, serving degraded: %s", exc)
             except BaseException:
                 await engines.dispose()
                 self._close_admission()

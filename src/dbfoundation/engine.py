@@ -8,18 +8,19 @@ read-only transactions, or the replica engine when DATABASE_READ_URL is set.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
 
-__all__ = ["Engines", "build_engines"]
+__all__ = ["Engines", "build_engines", "build_migration_engine"]
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,30 @@ class Engines:
 def _common_options(settings: DatabaseSettings) -> dict[str, Any]:
     # hide_parameters keeps bound values (often personal data) out of error messages and logs; echo
     # is the explicit opt-in that shows them.
-    return {"echo": settings.echo, "hide_parameters": not settings.echo, "pool_timeout": settings.pool_timeout}
+    return {"echo": settings.echo, "hide_parameters": not settings.echo}
 
 
-def _sqlite_engine(settings: DatabaseSettings, *, reader: bool) -> AsyncEngine:
+def _sqlite_engine(settings: DatabaseSettings, *, reader: bool, migrations: bool = False) -> AsyncEngine:
     plan = PragmaPlan.from_settings(settings, reader=reader)
+    if migrations:
+        # Batch migrations copy and drop tables; with foreign keys on, the DROP's implicit DELETE fires
+        # ON DELETE CASCADE and empties child tables. The pragma is a no-op inside a transaction, so it is
+        # off for the whole connection; each migration runs foreign_key_check before its COMMIT instead.
+        plan = dataclasses.replace(plan, foreign_keys=False)
+    pool_options: dict[str, Any] = (
+        {"poolclass": NullPool}
+        if migrations
+        else {
+            "poolclass": AsyncAdaptedQueuePool,
+            "pool_size": settings.sqlite_readers if reader else 1,
+            "max_overflow": 0,
+        }
+    )
     engine = create_async_engine(
         settings.async_url,
-        poolclass=AsyncAdaptedQueuePool,
-        pool_size=settings.sqlite_readers if reader else 1,
-        max_overflow=0,
         # The busy timeout must be in force before any PRAGMA runs; connect(timeout=) does that.
         connect_args={"timeout": settings.sqlite_busy_timeout},
+        **pool_options,
         **_common_options(settings),
     )
     begin_sql = "BEGIN" if reader else "BEGIN IMMEDIATE"
@@ -75,9 +88,18 @@ def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
         max_overflow=settings.max_overflow,
         pool_pre_ping=settings.pool_pre_ping,
         pool_recycle=settings.pool_recycle,
+        pool_timeout=settings.pool_timeout,
         isolation_level="READ COMMITTED",
         **_common_options(settings),
     )
+
+
+def build_migration_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """A connection-per-use engine for migrations: no pool to outlive them, and on SQLite foreign keys
+    off with transactions that begin IMMEDIATE (so DDL is transactional and can be rolled back)."""
+    if settings.backend == "sqlite":
+        return _sqlite_engine(settings, reader=False, migrations=True)
+    return create_async_engine(settings.async_url, poolclass=NullPool, **_common_options(settings))
 
 
 def build_engines(settings: DatabaseSettings) -> Engines:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -25,8 +25,9 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SQLITE_DRIVER = "sqlite+aiosqlite"
 _POSTGRES_DRIVER = "postgresql+asyncpg"
 _URL_EXAMPLE = "sqlite:///./data/app.db or postgresql://user:password@host:5432/dbname"
-# Matches the password part of "scheme://user:password@host" even in a string make_url cannot parse.
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z0-9+.\-]+://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+# Matches the password part of "scheme://user:password@host" even in a string make_url cannot parse: the
+# scheme may be missing or empty, and the password runs to the last "@" (an unescaped "@" inside it).
+_PASSWORD_IN_URL = re.compile(r"(?P<head>(?:[a-zA-Z0-9+.\-]*://|^)[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)")
 
 
 def mask_url(url: str | URL) -> str:
@@ -41,7 +42,7 @@ def normalise_url(variable: str, raw: str) -> URL:
     shown = mask_url(raw)
     try:
         url = make_url(raw.strip())
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigurationError(
             variable, shown, f"it is not a database URL; write one like {_URL_EXAMPLE}."
         ) from None  # the parser's message repeats the raw URL, password included
@@ -56,6 +57,11 @@ def normalise_url(variable: str, raw: str) -> URL:
             )
         if not url.database:
             raise ConfigurationError(variable, shown, "it names no database; add /dbname at the end.")
+        if "@" in (url.host or ""):
+            # make_url splits at the first "@", so the password's tail would be taken for the host and shown.
+            raise ConfigurationError(
+                variable, shown, "the password contains an unescaped '@'; percent-encode it as %40."
+            )
         return url.set(drivername=_POSTGRES_DRIVER)
     if backend == "sqlite":
         if driver not in ("", "aiosqlite", "pysqlite"):
@@ -141,6 +147,14 @@ class DatabaseSettings(BaseSettings):
     """SQLite: serialise writers of all processes on the <db>-writelock file (local filesystems only)."""
     sqlite_checkpoint_interval: float = Field(default=10.0, ge=0)
     """SQLite: seconds between WAL size checks of the background checkpointer (0 turns it off)."""
+    migrations_path: str = "migrations"
+    """The Alembic migrations folder (made by `dbf init`), relative to the working directory."""
+    sql_migrations_path: str = "sql_migrations"
+    """The folder of plain-SQL migrations (NNNN_name.sql) for `dbf sql` and the plain-SQL runner."""
+    migration_lock_timeout: float = Field(default=600.0, gt=0)
+    """Seconds a migration waits for another replica's migration lock before MigrationLockTimeout."""
+
+    _resolved_url: tuple[str, URL] | None = PrivateAttr(default=None)  # (url it was built from, result)
 
     @field_validator("sqlite_journal_mode", "sqlite_synchronous", mode="before")
     @classmethod
@@ -153,7 +167,7 @@ class DatabaseSettings(BaseSettings):
         except ValidationError as exc:
             raise _configuration_error(exc) from None  # pydantic's text would repeat the input
         # Parse once here so a bad URL fails now, not at first use.
-        normalise_url("DATABASE_URL", self.url)
+        self.async_url  # noqa: B018 - resolves and keeps the URL
         if self.read_url is not None:
             read = normalise_url("DATABASE_READ_URL", self.read_url)
             if read.get_backend_name() != "postgresql" or self.backend != "postgresql":
@@ -165,8 +179,15 @@ class DatabaseSettings(BaseSettings):
 
     @property
     def async_url(self) -> URL:
-        """The URL with its async driver, ready for create_async_engine."""
-        return normalise_url("DATABASE_URL", self.url)
+        """The URL with its async driver (a SQLite path made absolute), ready for create_async_engine."""
+        if self._resolved_url is None or self._resolved_url[0] != self.url:  # model_copy(update=...) changes url
+            url = normalise_url("DATABASE_URL", self.url)
+            if url.get_backend_name() == "sqlite" and "uri" not in url.query:
+                # Resolve a relative (or ~) path once: SQLite opens it against the working directory of each
+                # later connect, so a chdir after start would otherwise split one database into two files.
+                url = url.set(database=str(Path(url.database or "").expanduser().absolute()))
+            self._resolved_url = (self.url, url)
+        return self._resolved_url[1]
 
     @property
     def async_read_url(self) -> URL | None:
@@ -183,10 +204,11 @@ class DatabaseSettings(BaseSettings):
 
     @property
     def sqlite_path(self) -> Path:
-        """The SQLite file, resolved against the working directory; ValueError on PostgreSQL."""
+        """The SQLite file, resolved against the working directory when the settings were built; ValueError on
+        PostgreSQL."""
         if self.backend != "sqlite":
             raise ValueError("sqlite_path is only defined for SQLite URLs")
-        return Path(self.async_url.database or "").expanduser().absolute()
+        return Path(self.async_url.database or "")
 
 
 _ENV_NAMES = {
@@ -199,6 +221,8 @@ _EXAMPLES = {
     "pool_size": "10",
     "max_overflow": "5",
     "sqlite_readers": "4",
+    "write_timeout": "30",
+    "pool_timeout": "30",
 }
 
 
