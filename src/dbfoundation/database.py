@@ -151,6 +151,16 @@ class Database:
                 stacklevel=2,
             )
 
+    async def migrate(self, target: str = "head") -> bool:
+        """Run the Alembic migrations in DATABASE_MIGRATIONS_PATH up to `target` under the migration lock.
+
+        Works from a running loop (an app's lifespan, an async test). Returns False when the database was
+        already at head, which costs one read and no lock. The Database need not be started.
+        """
+        from dbfoundation.migrations import upgrade  # Alembic loads only when migrating
+
+        return await upgrade(self.settings, target)
+
     # -- units of work -----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
