@@ -17,17 +17,11 @@ from typing import Any, Protocol
 from dbfoundation.errors import ConfigurationError, DatabaseUnavailable
 from dbfoundation.settings import DatabaseSettings
 
-__all__ = ["PragmaPlan", "apply_pragmas", "read_pragmas", "set_journal_mode_once"]
+__all__ = ["REPORTED_PRAGMAS", "PragmaPlan", "apply_pragmas", "read_pragmas", "set_journal_mode_once"]
 
 _SYNCHRONOUS_CODES = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
-
-
-class _Cursor(Protocol):
-    def execute(self, sql: str, /) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-    def close(self) -> Any: ...
 
 
 class _DBAPIConnection(Protocol):
@@ -153,23 +147,25 @@ def set_journal_mode_once(path: Path, mode: str, busy_timeout_s: float, *, deadl
             connection.close()
 
 
-def read_pragmas(cursor: _Cursor) -> dict[str, Any]:
-    """Read the PRAGMAs in effect on a connection, for `dbf doctor` and tests."""
-    names = (
-        "journal_mode",
-        "synchronous",
-        "foreign_keys",
-        "busy_timeout",
-        "cache_size",
-        "mmap_size",
-        "journal_size_limit",
-        "query_only",
-        "wal_autocheckpoint",
-        "page_size",
-    )
+REPORTED_PRAGMAS = (
+    "journal_mode",
+    "synchronous",
+    "foreign_keys",
+    "busy_timeout",
+    "cache_size",
+    "mmap_size",
+    "journal_size_limit",
+    "query_only",
+    "wal_autocheckpoint",
+    "page_size",
+)
+
+
+async def read_pragmas(connection: Any) -> dict[str, Any]:
+    """Read the PRAGMAs in effect on an aiosqlite connection, for `dbf doctor` and tests."""
     report: dict[str, Any] = {}
-    for name in names:
-        cursor.execute(f"PRAGMA {name}")
-        rows = cursor.fetchall()
-        report[name] = rows[0][0] if rows else None
+    for name in REPORTED_PRAGMAS:
+        async with connection.execute(f"PRAGMA {name}") as cursor:
+            row = await cursor.fetchone()
+        report[name] = None if row is None else row[0]
     return report

@@ -6,6 +6,9 @@ Database is not needed: migrations use their own short-lived connections) and ru
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,9 @@ from alembic.autogenerate import render_python_code
 from alembic.operations.ops import MigrationScript
 from alembic.util.exc import CommandError
 
-from dbfoundation.errors import MigrationError, MultipleHeadsError
+from dbfoundation.errors import DatabaseUnavailable, MigrationError, MultipleHeadsError
 from dbfoundation.migrations.alembic import alembic_config, current_heads, locked_connection, run_alembic, script_heads
+from dbfoundation.pragmas import set_journal_mode_once
 from dbfoundation.settings import DatabaseSettings
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "history",
     "migration_state",
     "revision",
+    "sql_connection",
     "upgrade",
 ]
 
@@ -177,3 +182,41 @@ async def revision(
         script = command.revision(config, message=message)
     scripts = script if isinstance(script, list) else [script]
     return ", ".join(s.path for s in scripts if s is not None)
+
+
+@contextlib.asynccontextmanager
+async def sql_connection(target: Any) -> AsyncIterator[Any]:
+    """A raw driver connection for the plain-SQL runner: aiosqlite (foreign keys on, WAL) or asyncpg."""
+    settings = _settings(target)
+    if settings.backend == "sqlite":
+        import aiosqlite
+
+        await asyncio.to_thread(
+            set_journal_mode_once,
+            settings.sqlite_path,
+            settings.sqlite_journal_mode.lower(),
+            settings.sqlite_busy_timeout,
+        )
+        connection = await aiosqlite.connect(settings.sqlite_path, timeout=settings.sqlite_busy_timeout)
+        try:
+            connection.row_factory = aiosqlite.Row
+            await connection.execute(f"PRAGMA foreign_keys = {'ON' if settings.sqlite_foreign_keys else 'OFF'}")
+            yield connection
+        finally:
+            await connection.close()
+        return
+    import asyncpg
+
+    dsn = settings.async_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        connection = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            settings.masked_url,
+            f"the connection failed ({type(exc).__name__})",
+            "Check that the server is running and DATABASE_URL's host, port and database.",
+        ) from exc
+    try:
+        yield connection
+    finally:
+        await connection.close()

@@ -35,8 +35,9 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dbfoundation.driver_errors import translate
 from dbfoundation.engine import build_migration_engine
-from dbfoundation.errors import ConfigurationError, MigrationError
+from dbfoundation.errors import ConfigurationError, DatabaseUnavailable, MigrationError
 from dbfoundation.migrations.lock import postgres_migration_lock, sqlite_migration_lock
 from dbfoundation.pragmas import set_journal_mode_once
 from dbfoundation.settings import DatabaseSettings
@@ -165,7 +166,10 @@ async def locked_connection(settings: DatabaseSettings, *, lock: bool = True) ->
         async with contextlib.AsyncExitStack() as stack:
             if lock:
                 await stack.enter_async_context(_migration_lock(settings))
-            connection = await stack.enter_async_context(engine.connect())
+            try:
+                connection = await stack.enter_async_context(engine.connect())
+            except Exception as exc:
+                raise (translate(exc, where=settings.masked_url) or exc) from exc
             yield connection
     finally:
         await engine.dispose()
@@ -181,7 +185,14 @@ async def _migration_lock(settings: DatabaseSettings) -> AsyncIterator[None]:
     import asyncpg  # PostgreSQL only
 
     dsn = settings.async_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    lock_connection = await asyncpg.connect(dsn, server_settings={"application_name": "dbfoundation-migrate"})
+    try:
+        lock_connection = await asyncpg.connect(dsn, server_settings={"application_name": "dbfoundation-migrate"})
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            settings.masked_url,
+            f"the connection for the migration lock failed ({type(exc).__name__})",
+            "Check that the server is running and DATABASE_URL's host, port and database.",
+        ) from exc
     try:
         async with postgres_migration_lock(lock_connection, timeout_s=timeout_s):
             yield

@@ -1,0 +1,5 @@
+"""`python -m dbfoundation` is the `dbf` command."""
+
+from dbfoundation.cli import main
+
+main()
