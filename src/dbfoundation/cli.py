@@ -374,12 +374,12 @@ def health(deadline: Annotated[float, typer.Option(help="Seconds the probe may t
         db = Database(_settings())
         await db.start(require_database=False)
         try:
-            return await db.health(deadline_s=deadline)  # type: ignore[attr-defined]
+            return await db.health(deadline_s=deadline)
         finally:
             await db.stop()
 
     report = _run(go())
-    _print_json(report.to_json())
+    _print_json(report.to_dict())
     if report.status == "fail":
         raise typer.Exit(EXIT_DIFFERENCE)
 
