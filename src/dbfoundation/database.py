@@ -8,7 +8,7 @@ import logging
 import random
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -19,9 +19,13 @@ from dbfoundation.batching import GroupCommitter
 from dbfoundation.driver_errors import is_sqlite_busy, translate
 from dbfoundation.engine import Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
+from dbfoundation.joined import JoinedTransaction
 from dbfoundation.pragmas import set_journal_mode_once
 from dbfoundation.session import run_to_completion, transaction_scope
 from dbfoundation.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from dbfoundation.health import HealthReport
 
 __all__ = ["Database"]
 
@@ -48,6 +52,7 @@ class Database:
         self._committer = GroupCommitter(self._batch_transaction)
         self._checkpointer: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._joined: JoinedTransaction | None = None
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> Database:
@@ -161,6 +166,16 @@ class Database:
 
         return await upgrade(self.settings, target)
 
+    async def health(self, *, deadline_s: float = 0.5) -> HealthReport:
+        """Report whether the database answers one cheap query within `deadline_s` seconds.
+
+        Costs the same on a 10 MB and a 10 GB file (no scan, never the write slot); concurrent callers
+        share one probe and a result is reused for 1 s. See dbfoundation.health.check_health.
+        """
+        from dbfoundation.health import check_health  # health imports Database for its types
+
+        return await check_health(self, deadline_s=deadline_s)
+
     # -- units of work -----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -168,6 +183,10 @@ class Database:
         """An AsyncSession for reads: the reader pool on SQLite (never waits for the writer), a read-only
         transaction on PostgreSQL (or the replica). A write through it raises ReadOnlyError."""
         engines = self._require_started("db.read()")
+        if self._joined is not None:
+            async with self._joined.session(where="db.read()", read_only=True) as session:
+                yield session
+            return
         async with engines.reader.connect() as connection, transaction_scope(connection, where="db.read()") as session:
             yield session
 
@@ -180,6 +199,11 @@ class Database:
         of network calls: every other writer waits for it. Unique, foreign-key, check and not-null
         violations raise DuplicateKeyError, ForeignKeyViolation, CheckViolation, NotNullViolation.
         """
+        self._require_started("db.write()")
+        if self._joined is not None:
+            async with self._joined.session(where="db.write()", read_only=False) as session:
+                yield session
+            return
         async with self._write_connection() as connection, transaction_scope(connection, where="db.write()") as session:
             yield session
 
@@ -188,6 +212,10 @@ class Database:
         """A Core AsyncConnection: a write transaction (as write(), committed at the end) unless
         `read_only`, which gives a reader connection that begins on first use and rolls back at the end."""
         engines = self._require_started("db.connection()")
+        if self._joined is not None:
+            async with self._joined.nested_connection(where="db.connection()") as connection:
+                yield connection
+            return
         if read_only:
             async with engines.reader.connect() as connection:
                 yield connection
@@ -211,6 +239,17 @@ class Database:
         `read_only`). PostgreSQL: an `asyncpg.Connection`. For code that does not use SQLAlchemy.
         """
         engines = self._require_started("db.raw()")
+        if self._joined is not None:
+            async with self._joined.nested_connection(where="db.raw()") as connection:
+                driver = await _driver(connection)
+                if self.backend == "sqlite":
+                    driver.row_factory = _aiosqlite_row()
+                try:
+                    yield driver
+                finally:
+                    if self.backend == "sqlite":
+                        driver.row_factory = None
+            return
         if self.backend == "postgresql":
             engine = engines.reader if read_only else engines.writer
             async with engine.connect() as connection:
@@ -249,6 +288,23 @@ class Database:
         if params is not None:
             raise TypeError("params are for statements; a function unit gets its values by closure")
         return await self._committer.submit_function(work)
+
+    @contextlib.asynccontextmanager
+    async def joined(self, connection: AsyncConnection) -> AsyncIterator[JoinedTransaction]:
+        """Route every unit of work through `connection`, already in a transaction, each in a SAVEPOINT.
+
+        For test isolation (the pytest plugin uses it): read(), write(), connection(), raw() and submit()
+        all see and add to the outer transaction, which the caller rolls back afterwards. Units are
+        serialised on the one connection. Not for production: nothing here is ever committed.
+        """
+        self._require_started("db.joined()")
+        if self._joined is not None:
+            raise SessionStateError("db.joined()", "already joined to a transaction", "Leave the first one first.")
+        self._joined = JoinedTransaction(connection)
+        try:
+            yield self._joined
+        finally:
+            self._joined = None
 
     # -- internals ------------------------------------------------------------------------------------------
 
