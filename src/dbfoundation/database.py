@@ -236,8 +236,20 @@ class Database:
         """The driver connection, every PRAGMA applied, inside a transaction committed at the end.
 
         SQLite: an `aiosqlite.Connection` with `aiosqlite.Row` rows (write admission applies unless
-        `read_only`). PostgreSQL: an `asyncpg.Connection`. For code that does not use SQLAlchemy.
+        `read_only`). PostgreSQL: an `asyncpg.Connection`. For code that does not use SQLAlchemy. Driver
+        errors raised in the block become the same typed errors as elsewhere (DuplicateKeyError, …).
         """
+        async with self._raw(read_only=read_only) as driver:
+            try:
+                yield driver
+            except Exception as exc:
+                typed = translate(exc, where="db.raw()")
+                if typed is not None:
+                    raise typed from exc
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _raw(self, *, read_only: bool) -> AsyncIterator[Any]:
         engines = self._require_started("db.raw()")
         if self._joined is not None:
             async with self._joined.nested_connection(where="db.raw()") as connection:
