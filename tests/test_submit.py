@@ -115,3 +115,54 @@ async def test_stop_finishes_queued_units(sqlite_url: str) -> None:
     assert [t.result() for t in pending] == [1] * 50
     async with Database.from_url(sqlite_url) as again, again.read() as session:
         assert await session.scalar(select(text("count(*)")).select_from(items)) == 50
+
+
+async def test_same_shape_inserts_from_two_databases_do_not_deadlock(postgres_url: str) -> None:
+    """Two databases' batches inserting the same keys in opposite orders: each key stored once, no deadlock error.
+
+    A repeated first key makes each batch's executemany fail, so both fall back to one SAVEPOINT per unit,
+    the shape in which earlier units keep their row locks while later ones wait.
+    """
+    async with Database.from_url(postgres_url) as first, Database.from_url(postgres_url) as second:
+        await _setup(first)
+        keys = list(range(200))
+
+        async def submit_all(db: Database, order: list[int]) -> list[Any]:
+            return await asyncio.gather(
+                *(db.submit(insert(items), {"id": k, "key": f"k{k}"}) for k in order), return_exceptions=True
+            )
+
+        results = await asyncio.gather(submit_all(first, [0, *keys]), submit_all(second, [199, *keys[::-1]]))
+        outcomes = [r for batch in results for r in batch]
+        assert [r for r in outcomes if r != 1 and not isinstance(r, DuplicateKeyError)] == []
+        assert outcomes.count(1) == 200
+        async with first.read() as session:
+            assert await session.scalar(select(text("count(*)")).select_from(items)) == 200
+
+
+async def test_postgres_deadlocks_between_batches_are_retried_not_raised(postgres_url: str) -> None:
+    """Function units locking rows in opposite orders deadlock on PostgreSQL; the losing batch is rerun whole.
+
+    Every caller ends with its own result (or DuplicateKeyError for the key the other side stored first),
+    never a deadlock error, and every key is stored once.
+    """
+    async with Database.from_url(postgres_url) as first, Database.from_url(postgres_url) as second:
+        await _setup(first)
+        keys = list(range(20))
+
+        def unit(k: int) -> Any:
+            async def work(session: AsyncSession) -> int:
+                await session.execute(insert(items).values(id=k, key=f"k{k}"))
+                return k
+
+            return work
+
+        async def submit_all(db: Database, order: list[int]) -> list[Any]:
+            return await asyncio.gather(*(db.submit(unit(k)) for k in order), return_exceptions=True)
+
+        results = await asyncio.gather(submit_all(first, keys), submit_all(second, keys[::-1]))
+        outcomes = [r for batch in results for r in batch]
+        assert [r for r in outcomes if not isinstance(r, int | DuplicateKeyError)] == []
+        assert sorted(r for r in outcomes if isinstance(r, int)) == keys
+        async with first.read() as session:
+            assert await session.scalar(select(text("count(*)")).select_from(items)) == 20

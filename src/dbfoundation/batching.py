@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -27,7 +28,7 @@ from dbfoundation.driver_errors import is_retryable, translate
 __all__ = ["GroupCommitter"]
 
 MAX_BATCH = 256
-_RETRIES = 3  # PostgreSQL serialization failures / deadlocks rerun a unit this many times
+_BATCH_ATTEMPTS = 5  # a batch hit by a PostgreSQL deadlock or serialization failure runs at most this often
 
 
 @dataclass(eq=False)
@@ -47,6 +48,9 @@ class _Unit:
             return None
         cache_key = statement._generate_cache_key()
         return None if cache_key is None else (cache_key.key, tuple(self.params))
+
+    def sort_key(self) -> str:
+        return repr(tuple((self.params or {}).values()))
 
 
 class GroupCommitter:
@@ -97,67 +101,91 @@ class GroupCommitter:
                 await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Unit]) -> None:
-        try:
-            async with self._transaction() as session:
-                for key, group in itertools.groupby(batch, key=_Unit.group_key):
-                    units = list(group)
-                    if key is not None and len(units) > 1 and await _run_together(session, units):
-                        continue
-                    for unit in units:
-                        await _run_alone(session, unit)
-        except BaseException as exc:  # admission, BEGIN, COMMIT or the connection failed: nothing committed
-            batch_error = (
-                exc if isinstance(exc, Exception) else RuntimeError("the Database stopped before this write committed")
-            )
+        for attempt in range(1, _BATCH_ATTEMPTS + 1):
             for unit in batch:
-                own_failure = unit.outcome is not None and not unit.outcome[0]
-                if not unit.future.done():
-                    unit.future.set_exception(unit.outcome[1] if own_failure else batch_error)  # type: ignore[index]
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for unit in batch:
-            if unit.future.done() or unit.outcome is None:
+                unit.outcome = None
+            try:
+                async with self._transaction() as session:
+                    await _run_units(session, batch, may_retry=attempt < _BATCH_ATTEMPTS)
+            except _RetryBatch:
+                # A deadlock or serialization failure: our earlier units still hold their locks, so the
+                # whole transaction must go before the other writer can finish. Roll back, wait, rerun all.
+                await asyncio.sleep(random.uniform(0.005, 0.01) * 2**attempt)  # noqa: S311 - jittered backoff
                 continue
-            ok, value = unit.outcome
-            if ok:
-                unit.future.set_result(value)
-            else:
-                unit.future.set_exception(value)
+            except BaseException as exc:  # admission, BEGIN, COMMIT or the connection failed: nothing committed
+                _fail_all(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for unit in batch:
+                if unit.future.done() or unit.outcome is None:
+                    continue
+                ok, value = unit.outcome
+                if ok:
+                    unit.future.set_result(value)
+                else:
+                    unit.future.set_exception(value)
+            return
 
 
-async def _run_together(session: AsyncSession, units: list[_Unit]) -> bool:
+class _RetryBatch(Exception):  # a control-flow signal, never seen by callers
+    """A unit hit a deadlock or serialization failure: roll the batch back and run it again."""
+
+
+def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
+    batch_error = (
+        exc if isinstance(exc, Exception) else RuntimeError("the Database stopped before this write committed")
+    )
+    for unit in batch:
+        own_failure = unit.outcome is not None and not unit.outcome[0]
+        if not unit.future.done():
+            unit.future.set_exception(unit.outcome[1] if own_failure else batch_error)  # type: ignore[index]
+
+
+async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bool) -> None:
+    for key, group in itertools.groupby(batch, key=_Unit.group_key):
+        units = list(group)
+        if key is not None:
+            # Same-shape INSERTs are independent, so their order is ours to choose: every process inserting
+            # rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
+            units.sort(key=_Unit.sort_key)
+        if key is not None and len(units) > 1 and await _run_together(session, units, may_retry=may_retry):
+            continue
+        for unit in units:
+            await _run_alone(session, unit, may_retry=may_retry)
+
+
+async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry: bool) -> bool:
     statement = units[0].statement
     assert statement is not None  # noqa: S101 - group_key only groups statement units
     try:
         async with session.begin_nested():
             connection = await session.connection()
             await connection.execute(statement, [dict(u.params or {}) for u in units])
-    except Exception:
+    except Exception as exc:
+        if may_retry and is_retryable(exc):
+            raise _RetryBatch from exc
         return False  # one bad row sinks the executemany: rerun one SAVEPOINT per unit to find it
     for unit in units:
         unit.outcome = (True, 1)
     return True
 
 
-async def _run_alone(session: AsyncSession, unit: _Unit) -> None:
-    for attempt in itertools.count(1):
-        try:
-            async with session.begin_nested():
-                if unit.function is not None:
-                    value = await unit.function(session)
-                else:
-                    assert unit.statement is not None  # noqa: S101 - a unit is a function or a statement
-                    connection = await session.connection()
-                    result = await connection.execute(unit.statement, dict(unit.params or {}))
-                    value = getattr(result, "rowcount", None)
-            unit.outcome = (True, value)
-            return
-        except Exception as exc:
-            if is_retryable(exc) and attempt < _RETRIES:
-                continue
-            typed = translate(exc, where="db.submit()")
-            if typed is not None:
-                typed.__cause__ = exc
-            unit.outcome = (False, typed or exc)
-            return
+async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> None:
+    try:
+        async with session.begin_nested():
+            if unit.function is not None:
+                value = await unit.function(session)
+            else:
+                assert unit.statement is not None  # noqa: S101 - a unit is a function or a statement
+                connection = await session.connection()
+                result = await connection.execute(unit.statement, dict(unit.params or {}))
+                value = getattr(result, "rowcount", None)
+        unit.outcome = (True, value)
+    except Exception as exc:
+        if may_retry and is_retryable(exc):
+            raise _RetryBatch from exc
+        typed = translate(exc, where="db.submit()")
+        if typed is not None:
+            typed.__cause__ = exc
+        unit.outcome = (False, typed or exc)

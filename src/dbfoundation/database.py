@@ -187,7 +187,10 @@ class Database:
             async with self._joined.session(where="db.read()", read_only=True) as session:
                 yield session
             return
-        async with engines.reader.connect() as connection, transaction_scope(connection, where="db.read()") as session:
+        async with (
+            self._reader_connection(engines) as connection,
+            transaction_scope(connection, where="db.read()") as session,
+        ):
             yield session
 
     @contextlib.asynccontextmanager
@@ -217,7 +220,7 @@ class Database:
                 yield connection
             return
         if read_only:
-            async with engines.reader.connect() as connection:
+            async with self._reader_connection(engines) as connection:
                 yield connection
             return
         async with self._write_connection() as connection:
@@ -328,6 +331,17 @@ class Database:
         raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
 
     @contextlib.asynccontextmanager
+    async def _reader_connection(self, engines: Engines) -> AsyncIterator[AsyncConnection]:
+        try:
+            connection = await engines.reader.connect()
+        except Exception as exc:  # cannot connect, or the pool stayed full: say so in our terms
+            raise (translate(exc, where=self.settings.masked_url) or exc) from exc
+        try:
+            yield connection
+        finally:
+            await run_to_completion(connection.close)
+
+    @contextlib.asynccontextmanager
     async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; closed (so rolled back if
         still open) before the slot is released, even when the task is cancelled."""
@@ -394,10 +408,13 @@ class Database:
             yield session
 
     async def _check_reachable(self, engines: Engines) -> None:
-        for engine in {id(engines.writer): engines.writer, id(engines.reader): engines.reader}.values():
+        # Checking out a connection opens it and (SQLite) applies and verifies its PRAGMAs. No statement on
+        # the writer: its transactions begin IMMEDIATE, so a query would queue behind any other writer.
+        for engine, probe in ((engines.writer, False), (engines.reader, True)):
             try:
                 async with engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
+                    if probe:
+                        await connection.execute(text("SELECT 1"))
             except Exception as exc:
                 typed = translate(exc, where=self.settings.masked_url)
                 if typed is None:

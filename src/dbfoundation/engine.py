@@ -43,7 +43,9 @@ def _common_options(settings: DatabaseSettings) -> dict[str, Any]:
     return {"echo": settings.echo, "hide_parameters": not settings.echo}
 
 
-def _sqlite_engine(settings: DatabaseSettings, *, reader: bool, migrations: bool = False) -> AsyncEngine:
+def _sqlite_engine(
+    settings: DatabaseSettings, *, reader: bool, migrations: bool = False, deferred: bool = False
+) -> AsyncEngine:
     plan = PragmaPlan.from_settings(settings, reader=reader)
     if migrations:
         # Batch migrations copy and drop tables; with foreign keys on, the DROP's implicit DELETE fires
@@ -66,7 +68,7 @@ def _sqlite_engine(settings: DatabaseSettings, *, reader: bool, migrations: bool
         **pool_options,
         **_common_options(settings),
     )
-    begin_sql = "BEGIN" if reader else "BEGIN IMMEDIATE"
+    begin_sql = "BEGIN" if reader or deferred else "BEGIN IMMEDIATE"
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -94,11 +96,15 @@ def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
     )
 
 
-def build_migration_engine(settings: DatabaseSettings) -> AsyncEngine:
+def build_migration_engine(settings: DatabaseSettings, *, read_only: bool = False) -> AsyncEngine:
     """A connection-per-use engine for migrations: no pool to outlive them, and on SQLite foreign keys
-    off with transactions that begin IMMEDIATE (so DDL is transactional and can be rolled back)."""
+    off with transactions that begin IMMEDIATE (so DDL is transactional and can be rolled back).
+
+    `read_only` (state checks outside the lock) begins deferred instead, so reading alembic_version never
+    queues for the write lock that a running migration holds.
+    """
     if settings.backend == "sqlite":
-        return _sqlite_engine(settings, reader=False, migrations=True)
+        return _sqlite_engine(settings, reader=False, migrations=True, deferred=read_only)
     return create_async_engine(settings.async_url, poolclass=NullPool, **_common_options(settings))
 
 

@@ -182,7 +182,7 @@ async def locked_connection(settings: DatabaseSettings, *, lock: bool = True) ->
             settings.sqlite_journal_mode.lower(),
             settings.sqlite_busy_timeout,
         )
-    engine = build_migration_engine(settings)
+    engine = build_migration_engine(settings, read_only=not lock)
     try:
         async with contextlib.AsyncExitStack() as stack:
             if lock:
