@@ -79,7 +79,8 @@ def lifespan(
     whatever state it yields is passed on.
 
     Args:
-        db: the Database for this app; it is stopped at shutdown (and so cannot serve a second start).
+        db: the Database for this app; if this lifespan started it, it stops it at shutdown (a stopped
+            Database cannot start again); one the caller had already started is left running.
         migrate: True runs `db.migrate("head")` after start; a string migrates to that revision; False
             (the default) leaves migrations to a deploy step such as `dbf upgrade`.
         require_database: False lets the app start while the database is unreachable: it serves,
@@ -96,6 +97,9 @@ def lifespan(
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[Any]:
+        # Stop only what we started: a Database the caller started (a test fixture, an app serving
+        # several routers from one Database) stays theirs to stop.
+        started_here = db.state == "new"
         await db.start(require_database=require_database)
         try:
             if isinstance(target, str):
@@ -109,7 +113,8 @@ def lifespan(
         finally:
             if getattr(app.state, STATE_KEY, None) is db:
                 delattr(app.state, STATE_KEY)
-            await db.stop()
+            if started_here:
+                await db.stop()
 
     return run
 
