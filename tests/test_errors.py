@@ -66,7 +66,7 @@ SAMPLES: dict[type[DatabaseError], tuple[DatabaseError, str]] = {
         "Use 'async with db:' first.",
     ),
     ReadOnlyError: (ReadOnlyError("db.read()"), "Use db.write()"),
-    IntegrityViolation: (IntegrityViolation("ck_x", "x", ("x.a",)), "nothing from this transaction was written"),
+    IntegrityViolation: (IntegrityViolation("ck_x", "x", ("x.a",)), "the write was rolled back"),
     DuplicateKeyError: (DuplicateKeyError("uq_users_email", "users", ("users.email",)), "uq_users_email"),
     ForeignKeyViolation: (ForeignKeyViolation(None, None), "foreign key constraint was violated"),
     CheckViolation: (CheckViolation("ck_users_age", "users"), "check constraint ck_users_age"),
@@ -229,7 +229,7 @@ def _assert_typed(error: IntegrityViolation, kind: str, backend: str) -> None:
     for value in (EMAIL, "bob@example.com", "-4711"):
         assert value not in str(error)
         assert value not in repr(error)
-    assert "nothing from this transaction was written" in str(error)
+    assert "the write was rolled back" in str(error)
 
 
 @pytest.mark.parametrize("kind", list(VIOLATIONS))

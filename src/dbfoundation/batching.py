@@ -19,11 +19,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Insert
+from sqlalchemy import Column, Insert, PrimaryKeyConstraint, Table, UniqueConstraint, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from dbfoundation.driver_errors import is_retryable, translate
+from dbfoundation.errors import DuplicateKeyError, IntegrityViolation
 
 __all__ = ["GroupCommitter"]
 
@@ -149,10 +150,68 @@ async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bo
             # Same-shape INSERTs are independent, so their order is ours to choose: every process inserting
             # rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
             units.sort(key=_Unit.sort_key)
-        if key is not None and len(units) > 1 and await _run_together(session, units, may_retry=may_retry):
-            continue
+        if key is not None and len(units) > 1:
+            units = await _refuse_taken_keys(session, units)
+            if len(units) > 1 and await _run_together(session, units, may_retry=may_retry):
+                continue
         for unit in units:
             await _run_alone(session, unit, may_retry=may_retry)
+
+
+async def _refuse_taken_keys(session: AsyncSession, units: list[_Unit]) -> list[_Unit]:
+    """Fail, up front, the INSERTs whose unique key is already taken (in the table or earlier in the batch).
+
+    Retried deliveries are the common case in ingest workloads, and one duplicate sinks a whole
+    executemany; one SELECT per unique key of the table finds them first, so the rest still run together.
+    On SQLite the write lock is held, so the answer cannot change before the INSERT; elsewhere a
+    concurrent insert is still caught by the database and the group falls back to one unit at a time.
+    """
+    statement = units[0].statement
+    table = getattr(statement, "table", None)
+    if not isinstance(table, Table):
+        return units
+    connection = await session.connection()
+    unique_keys = _unique_keys(table, set(units[0].params or {}))
+    claimed: list[set[tuple[Any, ...]]] = []  # per unique key: values in the table, then claimed by this batch
+    for _name, columns in unique_keys:
+        wanted = list({key for u in units if None not in (key := _key_of(u, columns))})  # NULLs never collide
+        taken: set[tuple[Any, ...]] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            condition = columns[0].in_([k[0] for k in chunk]) if len(columns) == 1 else tuple_(*columns).in_(chunk)
+            taken.update(tuple(row) for row in await connection.execute(select(*columns).where(condition)))
+        claimed.append(taken)
+    survivors: list[_Unit] = []
+    for unit in units:
+        keys = [_key_of(unit, columns) for _name, columns in unique_keys]
+        clash = next((i for i, key in enumerate(keys) if None not in key and key in claimed[i]), None)
+        if clash is not None:
+            name, columns = unique_keys[clash]
+            shown = tuple(f"{table.name}.{column.name}" for column in columns)
+            unit.outcome = (False, DuplicateKeyError(name, table.name, shown))
+            continue
+        for i, key in enumerate(keys):  # only a unit that will run claims its keys for the rest of the batch
+            if None not in key:
+                claimed[i].add(key)
+        survivors.append(unit)
+    return survivors
+
+
+def _key_of(unit: _Unit, columns: list[Column[Any]]) -> tuple[Any, ...]:
+    return tuple((unit.params or {})[column.key] for column in columns)
+
+
+def _unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
+    """The table's unique keys (primary key, unique constraints, unique indexes) fully given by `given`."""
+    found: list[tuple[str | None, list[Column[Any]]]] = []
+    candidates: list[tuple[Any, list[Column[Any]]]] = [
+        (c.name, list(c.columns)) for c in table.constraints if isinstance(c, PrimaryKeyConstraint | UniqueConstraint)
+    ]
+    candidates += [(i.name, [c for c in i.columns if isinstance(c, Column)]) for i in table.indexes if i.unique]
+    for name, columns in candidates:
+        if columns and all(column.key in given for column in columns):
+            found.append((name if isinstance(name, str) else None, columns))
+    return found
 
 
 async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry: bool) -> bool:
@@ -173,14 +232,24 @@ async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry:
 
 async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> None:
     try:
+        if unit.function is None and session.bind is not None and session.bind.dialect.name == "sqlite":
+            # One statement needs no SAVEPOINT on SQLite: a constraint violation undoes only its own
+            # statement and the transaction goes on (sqlite.org/lang_conflict.html, ABORT), which saves two
+            # round trips. Other errors (disk full, I/O) may end the whole transaction, so they fail the batch.
+            try:
+                unit.outcome = (True, await _execute_statement(session, unit))
+            except Exception as exc:
+                typed = translate(exc, where="db.submit()")
+                if not isinstance(typed, IntegrityViolation):
+                    raise
+                typed.__cause__ = exc
+                unit.outcome = (False, typed)
+            return
         async with session.begin_nested():
             if unit.function is not None:
                 value = await unit.function(session)
             else:
-                assert unit.statement is not None  # noqa: S101 - a unit is a function or a statement
-                connection = await session.connection()
-                result = await connection.execute(unit.statement, dict(unit.params or {}))
-                value = getattr(result, "rowcount", None)
+                value = await _execute_statement(session, unit)
         unit.outcome = (True, value)
     except Exception as exc:
         if may_retry and is_retryable(exc):
@@ -189,3 +258,10 @@ async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> 
         if typed is not None:
             typed.__cause__ = exc
         unit.outcome = (False, typed or exc)
+
+
+async def _execute_statement(session: AsyncSession, unit: _Unit) -> Any:
+    assert unit.statement is not None  # noqa: S101 - only statement units get here
+    connection = await session.connection()
+    result = await connection.execute(unit.statement, dict(unit.params or {}))
+    return getattr(result, "rowcount", None)

@@ -338,6 +338,9 @@ class Database:
             raise (translate(exc, where=self.settings.masked_url) or exc) from exc
         try:
             yield connection
+        except BaseException:
+            await run_to_completion(lambda: _rollback_driver(connection))  # see _write_connection
+            raise
         finally:
             await run_to_completion(connection.close)
 
@@ -350,6 +353,11 @@ class Database:
             connection = await self._begin_write(engines.writer, deadline)
             try:
                 yield connection
+            except BaseException:
+                # The writer pool does not roll back on return (see engine.py), so every error path,
+                # cancellation included, ends the transaction here, at the driver, before the slot is freed.
+                await run_to_completion(lambda: _rollback_driver(connection))
+                raise
             finally:
                 await run_to_completion(connection.close)
 
@@ -380,7 +388,11 @@ class Database:
                 await connection.begin()
                 return connection
             except BaseException as exc:
-                await run_to_completion(connection.invalidate if is_sqlite_busy(exc) else connection.close)
+                if is_sqlite_busy(exc):
+                    await run_to_completion(connection.invalidate)
+                else:  # e.g. cancelled while BEGIN ran on the driver's thread: end what it may have begun
+                    await run_to_completion(lambda: _rollback_driver(connection))
+                    await run_to_completion(connection.close)
                 if not is_sqlite_busy(exc):
                     typed = translate(exc, where=self.settings.masked_url) if isinstance(exc, Exception) else None
                     if typed is not None:
@@ -458,6 +470,12 @@ class Database:
         if self._admission is not None:
             self._admission.close()
             self._admission = None
+
+
+async def _rollback_driver(connection: AsyncConnection) -> None:
+    with contextlib.suppress(Exception):  # a dead connection has no transaction left to end
+        if not connection.closed and not connection.invalidated:
+            await (await _driver(connection)).rollback()
 
 
 async def _driver(connection: AsyncConnection) -> Any:

@@ -9,13 +9,16 @@ read-only transactions, or the replica engine when DATABASE_READ_URL is set.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+from sqlalchemy.util.concurrency import await_
 
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
@@ -59,6 +62,10 @@ def _sqlite_engine(
             "poolclass": AsyncAdaptedQueuePool,
             "pool_size": settings.sqlite_readers if reader else 1,
             "max_overflow": 0,
+            "pool_timeout": settings.pool_timeout,
+            # Database always ends its transactions itself (commit, or a rollback on every error path, see
+            # _write_connection and _reader_connection), so a rollback-on-return would be a wasted thread hop.
+            "pool_reset_on_return": None,
         }
     )
     engine = create_async_engine(
@@ -78,9 +85,23 @@ def _sqlite_engine(
     # however long busy_timeout is (sqlite.org/c3ref/busy_handler.html).
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql(begin_sql)
+        emit_begin(connection, begin_sql)
 
     return engine
+
+
+def emit_begin(connection: Connection, sql: str) -> None:
+    """Run BEGIN on the aiosqlite thread in one hop instead of the three (cursor, execute, close) that
+    exec_driver_sql costs; every write pays for it, so it is worth reaching into aiosqlite for."""
+    driver = getattr(connection.connection.dbapi_connection, "_connection", None)
+    run_on_thread = getattr(driver, "_execute", None)
+    if driver is None or run_on_thread is None:  # another aiosqlite version: the public, slower path
+        connection.exec_driver_sql(sql)
+        return
+    try:
+        await_(run_on_thread(lambda: driver._conn.execute(sql).close()))
+    except sqlite3.Error as exc:  # wrapped as exec_driver_sql would, so callers see one error type
+        raise OperationalError(sql, None, exc) from exc
 
 
 def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:

@@ -144,7 +144,7 @@ class IntegrityViolation(DatabaseError):
     def __str__(self) -> str:
         named = f" {self.constraint}" if self.constraint else ""
         where = f" on {', '.join(self.columns)}" if self.columns else (f" on {self.table}" if self.table else "")
-        return f"{self.kind} constraint{named} was violated{where}; nothing from this transaction was written."
+        return f"{self.kind} constraint{named} was violated{where}; the write was rolled back."
 
 
 class DuplicateKeyError(IntegrityViolation):

@@ -45,15 +45,21 @@ def new_session(bind: AsyncConnection) -> AsyncSession:
 
 
 @contextlib.asynccontextmanager
-async def transaction_scope(connection: AsyncConnection, *, where: str) -> AsyncIterator[AsyncSession]:
-    """Yield a session on `connection` (already in a transaction); commit at the end, else roll back.
+async def transaction_scope(
+    connection: AsyncConnection, *, where: str, commit: bool = True
+) -> AsyncIterator[AsyncSession]:
+    """Yield a session on `connection`; commit at the end (or, with `commit=False`, roll back: the
+    cheaper end for reads), and roll back on any error.
 
     Driver errors users must act on are raised as dbfoundation errors, the original kept as __cause__.
     """
     session = new_session(connection)
     try:
         yield session
-        await session.commit()
+        if commit:
+            await session.commit()
+        elif session.new or session.dirty or session.deleted:
+            await session.flush()  # a read session given objects to write must say no, not drop them
     except BaseException as exc:
         await run_to_completion(_rollback_quietly(session))
         typed = translate(exc, where=where) if isinstance(exc, Exception) else None
