@@ -1,0 +1,1 @@
+"""dbfoundation benchmark suite: `python -m benchmarks run [SCENARIO ...]` (see benchmarks/README.md)."""
