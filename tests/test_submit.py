@@ -166,3 +166,25 @@ async def test_postgres_deadlocks_between_batches_are_retried_not_raised(postgre
         assert sorted(r for r in outcomes if isinstance(r, int)) == keys
         async with first.read() as session:
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 20
+
+
+async def test_postgres_read_modify_write_units_lose_no_update_across_databases(postgres_url: str) -> None:
+    """Counter increments through submit(fn) from two databases at once (as two processes would) lose nothing.
+
+    Under READ COMMITTED the read-then-write races would drop updates; submit() runs PostgreSQL batches at
+    REPEATABLE READ and reruns the batch that loses the race.
+    """
+    async with Database.from_url(postgres_url) as first, Database.from_url(postgres_url) as second:
+        await _setup(first)
+        await first.submit(insert(items), {"id": 1, "key": "counter", "n": 0})
+
+        async def increment(session: AsyncSession) -> None:
+            value = await session.scalar(select(items.c.n).where(items.c.id == 1))
+            await session.execute(update(items).where(items.c.id == 1).values(n=value + 1))
+
+        results = await asyncio.gather(
+            *(db.submit(increment) for _ in range(100) for db in (first, second)), return_exceptions=True
+        )
+        assert [r for r in results if r is not None] == []
+        async with first.read() as session:
+            assert await session.scalar(select(items.c.n).where(items.c.id == 1)) == 200

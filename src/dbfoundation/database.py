@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import warnings
@@ -345,12 +346,12 @@ class Database:
             await run_to_completion(connection.close)
 
     @contextlib.asynccontextmanager
-    async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _write_connection(self, isolation_level: str | None = None) -> AsyncIterator[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; closed (so rolled back if
         still open) before the slot is released, even when the task is cancelled."""
         engines = self._require_started("db.write()")
         async with self._write_slot() as deadline:
-            connection = await self._begin_write(engines.writer, deadline)
+            connection = await self._begin_write(engines.writer, deadline, isolation_level)
             try:
                 yield connection
             except BaseException:
@@ -370,7 +371,9 @@ class Database:
         async with self._admission.slot(self.settings.write_timeout) as deadline:
             yield deadline
 
-    async def _begin_write(self, engine: AsyncEngine, deadline: float) -> AsyncConnection:
+    async def _begin_write(
+        self, engine: AsyncEngine, deadline: float, isolation_level: str | None = None
+    ) -> AsyncConnection:
         """Check out the writer connection and begin its transaction, retrying SQLITE_BUSY until `deadline`.
 
         Busy can only come from writers that bypass the lock file; BEGIN IMMEDIATE either fails before
@@ -380,6 +383,8 @@ class Database:
         while True:
             try:
                 connection = await engine.connect()
+                if isolation_level is not None:
+                    await connection.execution_options(isolation_level=isolation_level)
             except Exception as exc:
                 raise (translate(exc, where=self.settings.masked_url) or exc) from exc
             try:
@@ -391,7 +396,7 @@ class Database:
                 if is_sqlite_busy(exc):
                     await run_to_completion(connection.invalidate)
                 else:  # e.g. cancelled while BEGIN ran on the driver's thread: end what it may have begun
-                    await run_to_completion(lambda: _rollback_driver(connection))
+                    await run_to_completion(functools.partial(_rollback_driver, connection))
                     await run_to_completion(connection.close)
                 if not is_sqlite_busy(exc):
                     typed = translate(exc, where=self.settings.masked_url) if isinstance(exc, Exception) else None
@@ -416,7 +421,17 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _batch_transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.write() as session:
+        if self._joined is not None or self.backend == "sqlite":  # SQLite batches are serialised anyway
+            async with self.write() as session:
+                yield session
+            return
+        # PostgreSQL: batches of several processes run side by side, and a unit that reads then writes
+        # (a counter) would lose updates under READ COMMITTED. REPEATABLE READ turns such a race into a
+        # serialization failure, which reruns the batch (batching.py), so submit() never loses one.
+        async with (
+            self._write_connection(isolation_level="REPEATABLE READ") as connection,
+            transaction_scope(connection, where="db.submit()") as session,
+        ):
             yield session
 
     async def _check_reachable(self, engines: Engines) -> None:
