@@ -6,8 +6,10 @@ Every test here proves its writers really overlapped before trusting the result.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import multiprocessing
+import os
 import queue
 import random
 import sqlite3
@@ -20,6 +22,7 @@ from sqlalchemy import text
 
 import _workers
 from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout
+from dbfoundation.admission import WriteAdmission
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -316,3 +319,73 @@ async def test_cancelling_writers_mid_transaction_leaks_no_slot_and_no_partial_w
         async with db.read() as session:
             counts = set(await session.scalars(text("SELECT count(*) FROM parts GROUP BY tx")))
         assert counts == {2}  # every transaction is whole: both parts or nothing
+
+
+def _lock_file_is_free(path: Path) -> bool:
+    """Whether another open file description can take the write lock file right now."""
+    fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_path: Path) -> None:
+    """A burst of local writers may pass the lock file along, but it is free again once they are done."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url) as db:
+
+        async def writer(n: int) -> None:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
+
+        await asyncio.gather(*(writer(n) for n in range(100)))
+        assert _lock_file_is_free(tmp_path / "app.db")
+
+
+async def test_a_waiter_that_gives_up_after_being_handed_the_lock_file_gives_it_back(tmp_path: Path) -> None:
+    """A writer cancelled just as the slot passes to it (with the lock file) releases the lock file."""
+    admission = WriteAdmission(tmp_path / "app.db", use_lock_file=True, max_run_s=60.0)
+    release = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def holder() -> None:
+        async with admission.slot(10.0):
+            await release.wait()
+        # The slot has just passed to the queued waiter, with the lock file; it has not run yet.
+        tasks[0].cancel()
+
+    async def waiter() -> None:
+        async with admission.slot(10.0):
+            raise AssertionError("the waiter was cancelled before its turn")
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(waiter()))
+    await asyncio.sleep(0)  # the waiter is queued, so the holder keeps the lock file for it
+    assert not _lock_file_is_free(tmp_path / "app.db")
+    release.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    assert _lock_file_is_free(tmp_path / "app.db")
+    admission.close()
+
+
+async def test_writers_of_one_process_keep_the_lock_file_only_for_a_short_run(tmp_path: Path) -> None:
+    """With writers queued, the lock file passes along at most max_run writers, then goes back to the kernel."""
+    admission = WriteAdmission(tmp_path / "app.db", use_lock_file=True, max_run=3, max_run_s=60.0)
+    free_after: list[bool] = []
+
+    async def writer() -> None:
+        async with admission.slot(10.0):
+            await asyncio.sleep(0)
+        free_after.append(_lock_file_is_free(tmp_path / "app.db"))
+
+    await asyncio.gather(*(writer() for _ in range(7)))
+    # Writers 3 and 6 end a run of three and give the file back; the 7th is the last one, so it does too.
+    assert free_after == [False, False, True, False, False, True, True]
+    admission.close()
