@@ -2,16 +2,19 @@
 
 Each unit runs in its own SAVEPOINT, so a failing unit is rolled back alone and raises to its own caller
 only; every caller is resumed after the COMMIT that made its unit durable. Statement units of the same
-shape (the same INSERT with different parameters) run as one `executemany` inside one SAVEPOINT, and fall
-back to one SAVEPOINT per unit only when that group fails. This is where write throughput comes from:
+shape (the same INSERT with different parameters) run as one `executemany` inside one SAVEPOINT: first
+one SELECT per unique key fails the units whose key is taken (retried deliveries), then the rest run
+together, and only if that still fails does each run alone. This is where write throughput comes from:
 the per-transaction cost (admission, BEGIN, COMMIT, thread hops) is paid once per batch, not per unit.
+
+Units in a batch are independent (each caller awaits its own), so the batch runs same-shape INSERTs
+together and in a fixed order, whatever order they were queued in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -144,8 +147,18 @@ def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
 
 
 async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bool) -> None:
-    for key, group in itertools.groupby(batch, key=_Unit.group_key):
-        units = list(group)
+    groups: dict[object, list[_Unit]] = {}
+    runs: list[tuple[object, list[_Unit]]] = []  # in first-queued order; a unit that runs alone is a run of one
+    for unit in batch:
+        key = unit.group_key()
+        if key is None:
+            runs.append((None, [unit]))
+        elif key not in groups:
+            groups[key] = [unit]
+            runs.append((key, groups[key]))
+        else:
+            groups[key].append(unit)
+    for key, units in runs:
         if key is not None:
             # Same-shape INSERTs are independent, so their order is ours to choose: every process inserting
             # rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
