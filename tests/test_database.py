@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import traceback
@@ -254,3 +255,23 @@ async def test_bound_parameters_stay_out_of_errors_unless_echo_is_on(sqlite_url:
             error = error.__cause__ or error.__context__
         assert len(chain) >= 2  # our error and the driver's
         assert not [e for e in chain if email in str(e)]
+
+
+async def test_background_checkpointer_truncates_a_wal_past_its_limit(tmp_path: Path) -> None:
+    """A WAL grown past DATABASE_SQLITE_JOURNAL_SIZE_LIMIT is checkpointed and truncated in the background."""
+    path = tmp_path / "app.db"
+    settings = {"sqlite_journal_size_limit": 65_536, "sqlite_checkpoint_interval": 0.05}
+    async with Database.from_url(f"sqlite:///{path}", **settings) as db:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE blobs (b BLOB)"))
+            for _ in range(200):  # ~2 MB: under the 1,000-page auto-checkpoint, over our limit
+                await session.execute(text("INSERT INTO blobs VALUES (randomblob(10000))"))
+        wal = path.with_name("app.db-wal")
+        assert wal.stat().st_size > 65_536
+        for _ in range(100):
+            if wal.stat().st_size == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert wal.stat().st_size == 0
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM blobs")) == 200
