@@ -3,6 +3,7 @@
 Each `python -m benchmarks run` writes `results/<scenario>.<backend>.json` (replacing only that file), then
 RESULTS.md is rendered again from every JSON present, so runs of other scenarios are kept.  A hand-written
 reading for a scenario can be put in `notes/<scenario>.md`; it is included under that scenario's tables.
+Markdown written by the standalone scripts (`results/*.md`, e.g. fixture_overhead.md) is appended as sections.
 """
 
 from __future__ import annotations
@@ -202,9 +203,23 @@ def render(out_dir: Path) -> Path:
         note = notes_dir / f"{name}.md"
         if note.exists():
             lines += ["**Reading.**", "", note.read_text().strip(), ""]
+    lines += _included_markdown(results_dir)
     out = out_dir / "RESULTS.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out
+
+
+def _included_markdown(results_dir: Path) -> list[str]:
+    """Each `results/*.md` as a section of RESULTS.md, its headings one level down (outside code fences)."""
+    lines: list[str] = []
+    for path in sorted(results_dir.glob("*.md")):
+        fenced = False
+        for line in path.read_text().strip().splitlines():
+            if line.startswith("```"):
+                fenced = not fenced
+            lines.append("#" + line if line.startswith("#") and not fenced else line)
+        lines.append("")
+    return lines
 
 
 def _reading(rows: list[dict[str, Any]], backend: str, *, lost_updates: bool = False) -> list[str]:

@@ -21,7 +21,7 @@ from dbfoundation.driver_errors import is_sqlite_busy, translate
 from dbfoundation.engine import Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
 from dbfoundation.joined import JoinedTransaction
-from dbfoundation.pragmas import set_journal_mode_once
+from dbfoundation.pragmas import prepare_sqlite_file
 from dbfoundation.session import run_to_completion, transaction_scope
 from dbfoundation.settings import DatabaseSettings
 
@@ -96,11 +96,8 @@ class Database:
                 raise SessionStateError("db.start()", "stopped", "Create a new Database to start again.")
             settings = self.settings
             if settings.backend == "sqlite":
-                path = settings.sqlite_path
-                await asyncio.to_thread(
-                    set_journal_mode_once, path, settings.sqlite_journal_mode.lower(), settings.sqlite_busy_timeout
-                )
-                self._admission = WriteAdmission(path, use_lock_file=settings.sqlite_lock_file)
+                await prepare_sqlite_file(settings)
+                self._admission = WriteAdmission(settings.sqlite_path, use_lock_file=settings.sqlite_lock_file)
             engines = build_engines(settings)
             try:
                 await self._check_reachable(engines)

@@ -20,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 from sqlalchemy.util.concurrency import await_
 
+from dbfoundation.errors import DatabaseUnavailable
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
 
-__all__ = ["Engines", "build_engines", "build_migration_engine"]
+__all__ = ["Engines", "build_engines", "build_migration_engine", "connect_asyncpg"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,24 @@ def build_migration_engine(settings: DatabaseSettings, *, read_only: bool = Fals
     if settings.backend == "sqlite":
         return _sqlite_engine(settings, reader=False, migrations=True, deferred=read_only)
     return create_async_engine(settings.async_url, poolclass=NullPool, **_common_options(settings))
+
+
+async def connect_asyncpg(settings: DatabaseSettings, *, application_name: str) -> Any:
+    """A plain asyncpg connection (no pool) for work outside SQLAlchemy: migration locks, the SQL runner.
+
+    Raises DatabaseUnavailable naming the masked URL when the server cannot be reached.
+    """
+    import asyncpg
+
+    dsn = settings.async_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        return await asyncpg.connect(dsn, server_settings={"application_name": application_name})
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            settings.masked_url,
+            f"the connection failed ({type(exc).__name__})",
+            "Check that the server is running and DATABASE_URL's host, port and database.",
+        ) from exc
 
 
 def build_engines(settings: DatabaseSettings) -> Engines:

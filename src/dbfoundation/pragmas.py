@@ -7,6 +7,7 @@ is silently ignored inside one (sqlite.org/pragma.html#pragma_foreign_keys).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import time
@@ -17,7 +18,14 @@ from typing import Any, Protocol
 from dbfoundation.errors import ConfigurationError, DatabaseUnavailable
 from dbfoundation.settings import DatabaseSettings
 
-__all__ = ["REPORTED_PRAGMAS", "PragmaPlan", "apply_pragmas", "read_pragmas", "set_journal_mode_once"]
+__all__ = [
+    "REPORTED_PRAGMAS",
+    "PragmaPlan",
+    "apply_pragmas",
+    "prepare_sqlite_file",
+    "read_pragmas",
+    "set_journal_mode_once",
+]
 
 _SYNCHRONOUS_CODES = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 SQLITE_BUSY = 5
@@ -107,6 +115,17 @@ def apply_pragmas(dbapi_connection: _DBAPIConnection, plan: PragmaPlan) -> None:
                 "file's journal mode, or this SQLite build ignores the PRAGMA. Run 'dbf doctor' to see the "
                 "PRAGMAs in effect.",
             )
+
+
+async def prepare_sqlite_file(settings: DatabaseSettings) -> None:
+    """Create the file's folder and set its journal mode once (with retry), on a worker thread.
+
+    What every first connection to a SQLite file needs: Database.start(), migrations and the plain-SQL
+    runner all begin here.
+    """
+    await asyncio.to_thread(
+        set_journal_mode_once, settings.sqlite_path, settings.sqlite_journal_mode.lower(), settings.sqlite_busy_timeout
+    )
 
 
 def set_journal_mode_once(path: Path, mode: str, busy_timeout_s: float, *, deadline_s: float = 30.0) -> str:

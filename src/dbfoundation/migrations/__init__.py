@@ -6,7 +6,6 @@ Database is not needed: migrations use their own short-lived connections) and ru
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,12 +14,14 @@ from typing import Any
 
 from alembic import command
 from alembic.autogenerate import render_python_code
+from alembic.config import Config
 from alembic.operations.ops import MigrationScript
 from alembic.util.exc import CommandError
 
-from dbfoundation.errors import DatabaseUnavailable, MigrationError, MultipleHeadsError
+from dbfoundation.engine import connect_asyncpg
+from dbfoundation.errors import MigrationError, MultipleHeadsError
 from dbfoundation.migrations.alembic import alembic_config, current_heads, locked_connection, run_alembic, script_heads
-from dbfoundation.pragmas import set_journal_mode_once
+from dbfoundation.pragmas import prepare_sqlite_file
 from dbfoundation.settings import DatabaseSettings
 
 __all__ = [
@@ -103,8 +104,17 @@ async def upgrade(target: Any, revision: str = "head", *, migrations_path: str |
         state = await migration_state(settings, migrations_path=migrations_path)
         if state is not None and state.is_at_head:
             return False
-    await run_alembic(settings, config, command.upgrade, revision)
-    return True
+    return await run_alembic(settings, config, _upgrade_if_behind, revision)
+
+
+def _upgrade_if_behind(config: Config, revision: str) -> bool:
+    """Upgrade under the lock; False when another replica got there first (nothing ran here)."""
+    connection = config.attributes["connection"]
+    before = current_heads(connection)
+    # Reading autobegan a transaction; end it, or Alembic would take it for the caller's and never commit.
+    connection.commit()
+    command.upgrade(config, revision)
+    return current_heads(connection) != before
 
 
 async def downgrade(target: Any, revision: str, *, migrations_path: str | Path | None = None) -> None:
@@ -191,12 +201,7 @@ async def sql_connection(target: Any) -> AsyncIterator[Any]:
     if settings.backend == "sqlite":
         import aiosqlite
 
-        await asyncio.to_thread(
-            set_journal_mode_once,
-            settings.sqlite_path,
-            settings.sqlite_journal_mode.lower(),
-            settings.sqlite_busy_timeout,
-        )
+        await prepare_sqlite_file(settings)
         connection = await aiosqlite.connect(settings.sqlite_path, timeout=settings.sqlite_busy_timeout)
         try:
             connection.row_factory = aiosqlite.Row
@@ -205,17 +210,7 @@ async def sql_connection(target: Any) -> AsyncIterator[Any]:
         finally:
             await connection.close()
         return
-    import asyncpg
-
-    dsn = settings.async_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        connection = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(
-            settings.masked_url,
-            f"the connection failed ({type(exc).__name__})",
-            "Check that the server is running and DATABASE_URL's host, port and database.",
-        ) from exc
+    connection = await connect_asyncpg(settings, application_name="dbfoundation-sql-migrations")
     try:
         yield connection
     finally:

@@ -37,10 +37,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbfoundation.driver_errors import translate
-from dbfoundation.engine import build_migration_engine
-from dbfoundation.errors import ConfigurationError, DatabaseUnavailable, MigrationError
+from dbfoundation.engine import build_migration_engine, connect_asyncpg
+from dbfoundation.errors import ConfigurationError, MigrationError
 from dbfoundation.migrations.lock import postgres_migration_lock, sqlite_migration_lock
-from dbfoundation.pragmas import set_journal_mode_once
+from dbfoundation.pragmas import prepare_sqlite_file
 from dbfoundation.settings import DatabaseSettings
 from dbfoundation.types import UTCDateTime
 
@@ -175,13 +175,7 @@ async def locked_connection(settings: DatabaseSettings, *, lock: bool = True) ->
     autobegin a transaction that Alembic then treats as the caller's and never commits).
     """
     if settings.backend == "sqlite":
-        # Same preparation as Database.start(): the folder, and WAL set once with retry.
-        await asyncio.to_thread(
-            set_journal_mode_once,
-            settings.sqlite_path,
-            settings.sqlite_journal_mode.lower(),
-            settings.sqlite_busy_timeout,
-        )
+        await prepare_sqlite_file(settings)
     engine = build_migration_engine(settings, read_only=not lock)
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -203,17 +197,7 @@ async def _migration_lock(settings: DatabaseSettings) -> AsyncIterator[None]:
         async with sqlite_migration_lock(settings.sqlite_path, timeout_s=timeout_s):
             yield
         return
-    import asyncpg  # PostgreSQL only
-
-    dsn = settings.async_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        lock_connection = await asyncpg.connect(dsn, server_settings={"application_name": "dbfoundation-migrate"})
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(
-            settings.masked_url,
-            f"the connection for the migration lock failed ({type(exc).__name__})",
-            "Check that the server is running and DATABASE_URL's host, port and database.",
-        ) from exc
+    lock_connection = await connect_asyncpg(settings, application_name="dbfoundation-migrate")
     try:
         async with postgres_migration_lock(lock_connection, timeout_s=timeout_s):
             yield
