@@ -171,8 +171,8 @@ async def test_postgres_deadlocks_between_batches_are_retried_not_raised(postgre
 async def test_postgres_read_modify_write_units_lose_no_update_across_databases(postgres_url: str) -> None:
     """Counter increments through submit(fn) from two databases at once (as two processes would) lose nothing.
 
-    Under READ COMMITTED the read-then-write races would drop updates; submit() runs PostgreSQL batches at
-    REPEATABLE READ and reruns the batch that loses the race.
+    Side by side at READ COMMITTED the read-then-write races would drop updates; submit() serialises the
+    PostgreSQL batches of every process with an advisory lock.
     """
     async with Database.from_url(postgres_url) as first, Database.from_url(postgres_url) as second:
         await _setup(first)

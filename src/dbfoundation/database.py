@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import random
 import warnings
@@ -343,12 +344,12 @@ class Database:
             await run_to_completion(connection.close)
 
     @contextlib.asynccontextmanager
-    async def _write_connection(self, isolation_level: str | None = None) -> AsyncIterator[AsyncConnection]:
+    async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; closed (so rolled back if
         still open) before the slot is released, even when the task is cancelled."""
         engines = self._require_started("db.write()")
         async with self._write_slot() as deadline:
-            connection = await self._begin_write(engines.writer, deadline, isolation_level)
+            connection = await self._begin_write(engines.writer, deadline)
             try:
                 yield connection
             except BaseException:
@@ -368,9 +369,7 @@ class Database:
         async with self._admission.slot(self.settings.write_timeout) as deadline:
             yield deadline
 
-    async def _begin_write(
-        self, engine: AsyncEngine, deadline: float, isolation_level: str | None = None
-    ) -> AsyncConnection:
+    async def _begin_write(self, engine: AsyncEngine, deadline: float) -> AsyncConnection:
         """Check out the writer connection and begin its transaction, retrying SQLITE_BUSY until `deadline`.
 
         Busy can only come from writers that bypass the lock file; BEGIN IMMEDIATE either fails before
@@ -380,8 +379,6 @@ class Database:
         while True:
             try:
                 connection = await engine.connect()
-                if isolation_level is not None:
-                    await connection.execution_options(isolation_level=isolation_level)
             except Exception as exc:
                 raise (translate(exc, where=self.settings.masked_url) or exc) from exc
             try:
@@ -422,13 +419,14 @@ class Database:
             async with self.write() as session:
                 yield session
             return
-        # PostgreSQL: batches of several processes run side by side, and a unit that reads then writes
-        # (a counter) would lose updates under READ COMMITTED. REPEATABLE READ turns such a race into a
-        # serialization failure, which reruns the batch (batching.py), so submit() never loses one.
-        async with (
-            self._write_connection(isolation_level="REPEATABLE READ") as connection,
-            transaction_scope(connection, where="db.submit()") as session,
-        ):
+        # PostgreSQL: batches of several processes would run side by side, and a unit that reads then
+        # writes (a counter) would lose updates. A transaction-level advisory lock taken first serialises
+        # the batches of every process, as SQLite's write slot does; at READ COMMITTED each later statement
+        # then sees what the previous batch committed. (REPEATABLE READ was tried: under contention its
+        # serialization failures outran any sane number of retries.)
+        async with self.write() as session:
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            await session.execute(lock, {"key": _submit_lock_key(self.settings)})
             yield session
 
     async def _check_reachable(self, engines: Engines) -> None:
@@ -482,6 +480,12 @@ class Database:
         if self._admission is not None:
             self._admission.close()
             self._admission = None
+
+
+def _submit_lock_key(settings: DatabaseSettings) -> int:
+    """The advisory-lock key that serialises submit() batches on one PostgreSQL database."""
+    digest = hashlib.sha256(b"dbfoundation.submit\x00" + (settings.async_url.database or "").encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 async def _rollback_driver(connection: AsyncConnection) -> None:
