@@ -130,7 +130,7 @@ class Database:
                 await self._checkpointer
         if self.backend == "sqlite":
             with contextlib.suppress(Exception):  # optimize is advice to the planner; never fail a stop on it
-                async with self._write_connection() as connection:
+                async with self._write_connection(timeout_s=1.0) as connection:  # nor hold a shutdown up
                     await connection.execute(text("PRAGMA optimize"))
                     await connection.commit()
         self._state = "stopped"
@@ -344,11 +344,11 @@ class Database:
             await run_to_completion(connection.close)
 
     @contextlib.asynccontextmanager
-    async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _write_connection(self, timeout_s: float | None = None) -> AsyncIterator[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; closed (so rolled back if
         still open) before the slot is released, even when the task is cancelled."""
         engines = self._require_started("db.write()")
-        async with self._write_slot() as deadline:
+        async with self._write_slot(timeout_s) as deadline:
             connection = await self._begin_write(engines.writer, deadline)
             try:
                 yield connection
@@ -361,12 +361,13 @@ class Database:
                 await run_to_completion(connection.close)
 
     @contextlib.asynccontextmanager
-    async def _write_slot(self) -> AsyncIterator[float]:
+    async def _write_slot(self, timeout_s: float | None = None) -> AsyncIterator[float]:
+        timeout_s = self.settings.write_timeout if timeout_s is None else timeout_s
         loop = asyncio.get_running_loop()
         if self._admission is None:  # PostgreSQL: the server arbitrates writers
-            yield loop.time() + self.settings.write_timeout
+            yield loop.time() + timeout_s
             return
-        async with self._admission.slot(self.settings.write_timeout) as deadline:
+        async with self._admission.slot(timeout_s) as deadline:
             yield deadline
 
     async def _begin_write(self, engine: AsyncEngine, deadline: float) -> AsyncConnection:
