@@ -24,8 +24,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,27 +260,6 @@ def finish(child: subprocess.Popen[bytes], timeout_s: float = 60.0) -> str:
     stdout, stderr = child.communicate(timeout=timeout_s)
     assert child.returncode == 0, f"child {child.pid} exited {child.returncode}:\n{stderr.decode()}"
     return stdout.decode()
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_file(path: Path, child: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Wait until `path` exists; fail with the child's stderr if the child exits first."""
-
-    def ready() -> bool:
-        if child.poll() is not None:
-            _, stderr = child.communicate()
-            raise AssertionError(f"child exited with {child.returncode} before {path.name}:\n{stderr.decode()}")
-        return path.exists()
-
-    await wait_until(ready, f"{path.name} from pid {child.pid}", timeout_s)
 
 
 def read_json(path: Path) -> dict[str, Any]:

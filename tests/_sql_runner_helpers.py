@@ -6,14 +6,12 @@ operating system's and the database server's, not a simulation.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -88,27 +86,6 @@ def kill_hard(child: subprocess.Popen[bytes]) -> None:
     if child.poll() is None:
         child.send_signal(signal.SIGKILL)
     child.communicate(timeout=10)
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_file(path: Path, child: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    """Wait until the child creates `path`; fail with the child's stderr if it exits first."""
-
-    def ready() -> bool:
-        if child.poll() is not None:
-            _, stderr = child.communicate()
-            raise AssertionError(f"child exited with {child.returncode} before {path.name}:\n{stderr.decode()}")
-        return path.exists()
-
-    await wait_until(ready, f"{path.name} from pid {child.pid}", timeout_s)
 
 
 def read_result(path: Path) -> dict[str, Any]:

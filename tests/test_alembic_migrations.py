@@ -41,9 +41,8 @@ from _alembic_project import (
     start_child,
     table_names,
     version,
-    wait_for_file,
-    wait_until,
 )
+from _waiting import wait_for_file, wait_until
 from conftest import create_postgres_database, drop_postgres_database
 from dbfoundation import Database, DatabaseSettings
 from dbfoundation.errors import ConfigurationError, MigrationError, MigrationLockTimeout, MultipleHeadsError

@@ -22,8 +22,8 @@ from _sql_runner_helpers import (
     raw_connection,
     sqlite_path,
     start_child,
-    wait_for_file,
 )
+from _waiting import wait_for_file
 from conftest import create_postgres_database, drop_postgres_database
 from dbfoundation.errors import MigrationLockTimeout
 from dbfoundation.migrations.lock import (

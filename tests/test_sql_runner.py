@@ -21,10 +21,9 @@ from _sql_runner_helpers import (
     read_result,
     start_child,
     table_names,
-    wait_for_file,
-    wait_until,
     write_files,
 )
+from _waiting import wait_for_file, wait_until
 from dbfoundation.errors import (
     ChecksumMismatch,
     ConfigurationError,
