@@ -23,7 +23,7 @@ from dbfoundation.engine import Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
 from dbfoundation.joined import JoinedTransaction
 from dbfoundation.pragmas import prepare_sqlite_file
-from dbfoundation.session import run_to_completion, transaction_scope
+from dbfoundation.session import raise_translated, run_to_completion, transaction_scope
 from dbfoundation.settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -228,10 +228,7 @@ class Database:
                 await connection.commit()
             except BaseException as exc:
                 await run_to_completion(connection.rollback)
-                typed = translate(exc, where="db.connection()") if isinstance(exc, Exception) else None
-                if typed is not None:
-                    raise typed from exc
-                raise
+                raise_translated(exc, where="db.connection()")
 
     @contextlib.asynccontextmanager
     async def raw(self, *, read_only: bool = False) -> AsyncIterator[Any]:

@@ -16,8 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from dbfoundation.driver_errors import translate
-from dbfoundation.session import run_to_completion
+from dbfoundation.session import raise_translated, run_to_completion
 
 __all__ = ["JoinedTransaction"]
 
@@ -58,10 +57,7 @@ class JoinedTransaction:
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await session.rollback()
-                typed = translate(exc, where=where) if isinstance(exc, Exception) else None
-                if typed is not None:
-                    raise typed from exc
-                raise
+                raise_translated(exc, where=where)
             finally:
                 await run_to_completion(session.close)
 
@@ -74,10 +70,7 @@ class JoinedTransaction:
                 await savepoint.commit()
             except BaseException as exc:
                 await run_to_completion(savepoint.rollback)
-                typed = translate(exc, where=where) if isinstance(exc, Exception) else None
-                if typed is not None:
-                    raise typed from exc
-                raise
+                raise_translated(exc, where=where)
 
     @contextlib.asynccontextmanager
     async def _read_only(self, read_only: bool) -> AsyncIterator[None]:

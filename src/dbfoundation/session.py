@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from dbfoundation.driver_errors import translate
 
-__all__ = ["new_session", "run_to_completion", "transaction_scope"]
+__all__ = ["new_session", "raise_translated", "run_to_completion", "transaction_scope"]
 
 
 async def run_to_completion(step: Callable[[], Awaitable[Any]]) -> None:
@@ -62,12 +62,17 @@ async def transaction_scope(
             await session.flush()  # a read session given objects to write must say no, not drop them
     except BaseException as exc:
         await run_to_completion(_rollback_quietly(session))
-        typed = translate(exc, where=where) if isinstance(exc, Exception) else None
-        if typed is not None:
-            raise typed from exc
-        raise
+        raise_translated(exc, where=where)
     finally:
         await run_to_completion(session.close)
+
+
+def raise_translated(exc: BaseException, *, where: str) -> NoReturn:
+    """Re-raise `exc` from an except block as the dbfoundation error users act on, if there is one."""
+    typed = translate(exc, where=where) if isinstance(exc, Exception) else None
+    if typed is not None:
+        raise typed from exc
+    raise exc
 
 
 def _rollback_quietly(session: AsyncSession) -> Callable[[], Awaitable[None]]:
