@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from dbfoundation import Database, DatabaseSettings, SessionStateError
 from dbfoundation.errors import MissingDependencyError
@@ -111,15 +112,16 @@ async def serve(app: FastAPI, *, raise_app_exceptions: bool = False) -> AsyncIte
 
 @pytest.fixture
 def closes(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
-    """How many times each AsyncSession was closed, counted by wrapping the real close()."""
+    """How many times each session was closed, by id of its AsyncSession, counted by wrapping the close()
+    of the sync Session underneath (db.write() closes that one directly, inside its commit step)."""
     counts: Counter[int] = Counter()
-    real_close = AsyncSession.close
+    real_close = Session.close
 
-    async def counting_close(self: AsyncSession) -> None:
+    def counting_close(self: Session) -> None:
         counts[id(self)] += 1
-        await real_close(self)
+        real_close(self)
 
-    monkeypatch.setattr(AsyncSession, "close", counting_close)
+    monkeypatch.setattr(Session, "close", counting_close)
     return counts
 
 
@@ -145,10 +147,11 @@ async def test_write_session_commits_before_the_response_and_closes_once(
         await create_tables(db)
         created = await client.post("/items", json={"key": "a"})
         assert created.status_code == 201
-        assert closes[id(seen.sessions[0])] == 1  # closed (after its commit) before the client got the answer
+        # closed (after its commit) before the client got the answer
+        assert closes[id(seen.sessions[0].sync_session)] == 1
         assert (await client.get("/items")).json() == {"count": 1}
         assert (await row_counts(db))["items"] == 1
-    assert [closes[id(s)] for s in seen.sessions] == [1, 1]
+    assert [closes[id(s.sync_session)] for s in seen.sessions] == [1, 1]
 
 
 async def test_failed_commit_is_a_5xx_and_writes_nothing(backend_url: str, closes: Counter[int]) -> None:
@@ -160,7 +163,7 @@ async def test_failed_commit_is_a_5xx_and_writes_nothing(backend_url: str, close
         assert answer.status_code == 500
         assert await row_counts(db) == {"items": 0, "parents": 0, "children": 0}
         assert (await client.post("/items", json={"key": "after"})).status_code == 201  # the writer is usable again
-    assert [closes[id(s)] for s in seen.sessions] == [1, 1]
+    assert [closes[id(s.sync_session)] for s in seen.sessions] == [1, 1]
 
 
 async def test_handler_errors_roll_back_and_http_exceptions_keep_their_status(
@@ -175,7 +178,7 @@ async def test_handler_errors_roll_back_and_http_exceptions_keep_their_status(
         assert crashed.status_code == 500
         assert (refused.status_code, refused.json()) == (418, {"detail": "refused by the handler"})
         assert (await row_counts(db))["items"] == 0
-    assert [closes[id(s)] for s in seen.sessions] == [1, 1]
+    assert [closes[id(s.sync_session)] for s in seen.sessions] == [1, 1]
 
 
 async def test_concurrent_requests_each_close_their_session_exactly_once(sqlite_url: str, closes: Counter[int]) -> None:
@@ -195,7 +198,7 @@ async def test_concurrent_requests_each_close_their_session_exactly_once(sqlite_
         assert Counter(a.status_code for a in answers) == {201: 15, 200: 15, 418: 15, 500: 15}
         assert (await row_counts(db))["items"] == 15
     assert len({id(s) for s in seen.sessions}) == 60
-    assert all(closes[id(s)] == 1 for s in seen.sessions)
+    assert all(closes[id(s.sync_session)] == 1 for s in seen.sessions)
 
 
 async def test_integrity_violations_answer_409_naming_the_constraint_not_the_values(backend_url: str) -> None:

@@ -144,8 +144,8 @@ async def test_ready_passes_while_another_process_holds_the_write_lock(tmp_path:
         assert await holder.stdout.readline() == b"locked\n"
         try:
             with pytest.raises(WriteTimeout):
-                async with blocked.write():
-                    pass
+                async with blocked.write() as session:
+                    await session.execute(text("INSERT INTO notes VALUES ('never written')"))
             answers = []
             while holder.returncode is None and len(answers) < 4:
                 answers.append((await timed_get(client, "/health/ready"), await client.get("/health/live")))

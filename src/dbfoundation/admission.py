@@ -50,20 +50,31 @@ class WriteAdmission:
 
     @contextlib.asynccontextmanager
     async def slot(self, timeout_s: float) -> AsyncIterator[float]:
+        deadline = await self.acquire(timeout_s)
+        try:
+            yield deadline
+        finally:
+            self.release()
+
+    async def acquire(self, timeout_s: float) -> float:
+        """Wait for the slot; return the loop-time deadline. Every successful call needs one release()."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
-        self._waiters += 1
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._lock.acquire()
-        except BaseException as exc:
+        if self._waiters == 0 and not self._lock.locked():
+            await self._lock.acquire()  # free and nobody queued: taken at once, no timer to arm
+        else:
+            self._waiters += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._lock.acquire()
+            except BaseException as exc:
+                self._waiters -= 1
+                self._release_file_if_unused()
+                if isinstance(exc, TimeoutError):
+                    raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder) from None
+                raise
             self._waiters -= 1
-            self._release_file_if_unused()
-            if isinstance(exc, TimeoutError):
-                raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder) from None
-            raise
-        self._waiters -= 1
         try:
             if self._file_lock is not None and not self._file_held:
                 try:
@@ -72,23 +83,27 @@ class WriteAdmission:
                     holder = describe_flock_holder(self._file_lock.path) or "another process"
                     raise WriteTimeout(str(self.database_path), loop.time() - started, holder) from None
                 self._file_held, self._run_started, self._run_length = True, loop.time(), 0
-            self._run_length += 1
-            task = asyncio.current_task()
-            self._holder = f"task {task.get_name()} in pid {os.getpid()}" if task else f"pid {os.getpid()}"
-            try:
-                yield deadline
-            finally:
-                self._holder = None
-                # Hand the slot to the next writer of this process without giving the lock file back (a
-                # kernel wake-up and a thread hop saved per write), but only for a short run, so writers
-                # of other processes get their turn within a few milliseconds.
-                keep = (
-                    self._waiters > 0
-                    and self._run_length < self._max_run
-                    and loop.time() - self._run_started < self._max_run_s
-                )
-                if not keep:
-                    self._release_file()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._run_length += 1
+        task = asyncio.current_task()
+        self._holder = f"task {task.get_name()} in pid {os.getpid()}" if task else f"pid {os.getpid()}"
+        return deadline
+
+    def release(self) -> None:
+        self._holder = None
+        # Hand the slot to the next writer of this process without giving the lock file back (a kernel
+        # wake-up and a thread hop saved per write), but only for a short run, so writers of other
+        # processes get their turn within a few milliseconds.
+        keep = (
+            self._waiters > 0
+            and self._run_length < self._max_run
+            and asyncio.get_running_loop().time() - self._run_started < self._max_run_s
+        )
+        try:
+            if not keep:
+                self._release_file()
         finally:
             self._lock.release()
 

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
-import random
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
 from dbfoundation.admission import WriteAdmission
 from dbfoundation.batching import GroupCommitter
-from dbfoundation.driver_errors import is_sqlite_busy, translate
+from dbfoundation.driver_errors import translate
 from dbfoundation.engine import Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
 from dbfoundation.joined import JoinedTransaction
 from dbfoundation.pragmas import prepare_sqlite_file
-from dbfoundation.session import raise_translated, run_to_completion, transaction_scope
+from dbfoundation.session import run_to_completion, transaction_scope
 from dbfoundation.settings import DatabaseSettings
+from dbfoundation.sqlite_driver import OneHopConnection
+from dbfoundation.transaction import WriteScope, typed_error
 
 if TYPE_CHECKING:
     from dbfoundation.health import HealthReport
@@ -34,7 +34,6 @@ __all__ = ["Database"]
 T = TypeVar("T")
 logger = logging.getLogger("dbfoundation")
 State = Literal["new", "started", "stopped"]
-_FOREIGN_WRITER = "a writer outside dbfoundation's lock file (e.g. the sqlite3 shell or a backup tool)"
 
 
 class Database:
@@ -192,8 +191,7 @@ class Database:
         ):
             yield session
 
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
+    def write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession in a write transaction: committed when the block ends, rolled back on error.
 
         SQLite: waits for the write slot (FIFO in this process, a lock file across processes), then
@@ -201,13 +199,10 @@ class Database:
         of network calls: every other writer waits for it. Unique, foreign-key, check and not-null
         violations raise DuplicateKeyError, ForeignKeyViolation, CheckViolation, NotNullViolation.
         """
-        self._require_started("db.write()")
+        engines = self._require_started("db.write()")
         if self._joined is not None:
-            async with self._joined.session(where="db.write()", read_only=False) as session:
-                yield session
-            return
-        async with self._write_connection() as connection, transaction_scope(connection, where="db.write()") as session:
-            yield session
+            return self._joined.session(where="db.write()", read_only=False)
+        return WriteScope(engines.writer, self._admission, self.settings, where="db.write()", session=True)
 
     @contextlib.asynccontextmanager
     async def connection(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -222,13 +217,11 @@ class Database:
             async with self._reader_connection(engines) as connection:
                 yield connection
             return
-        async with self._write_connection() as connection:
-            try:
-                yield connection
-                await connection.commit()
-            except BaseException as exc:
-                await run_to_completion(connection.rollback)
-                raise_translated(exc, where="db.connection()")
+        scope: WriteScope[AsyncConnection] = WriteScope(
+            engines.writer, self._admission, self.settings, where="db.connection()", session=False
+        )
+        async with scope as connection:
+            yield connection
 
     @contextlib.asynccontextmanager
     async def raw(self, *, read_only: bool = False) -> AsyncIterator[Any]:
@@ -242,7 +235,7 @@ class Database:
             try:
                 yield driver
             except Exception as exc:
-                typed = translate(exc, where="db.raw()")
+                typed = typed_error(exc, where="db.raw()", settings=self.settings)
                 if typed is not None:
                     raise typed from exc
                 raise
@@ -252,7 +245,7 @@ class Database:
         engines = self._require_started("db.raw()")
         if self._joined is not None:
             async with self._joined.nested_connection(where="db.raw()") as connection:
-                driver = await _driver(connection)
+                driver = await _driver(connection, begun=True)
                 if self.backend == "sqlite":
                     driver.row_factory = _aiosqlite_row()
                 try:
@@ -272,7 +265,7 @@ class Database:
         async with scope as connection:
             if read_only:
                 await connection.begin()
-            driver = await _driver(connection)
+            driver = await _driver(connection, begun=True)
             driver.row_factory = _aiosqlite_row()
             try:
                 yield driver
@@ -340,22 +333,19 @@ class Database:
         finally:
             await run_to_completion(connection.close)
 
-    @contextlib.asynccontextmanager
-    async def _write_connection(self, timeout_s: float | None = None) -> AsyncIterator[AsyncConnection]:
-        """The writer connection in a begun transaction, inside the write slot; closed (so rolled back if
-        still open) before the slot is released, even when the task is cancelled."""
+    def _write_connection(self, timeout_s: float | None = None) -> WriteScope[AsyncConnection]:
+        """The writer connection in a begun transaction, inside the write slot; rolled back unless the
+        block commits, before the slot is released, even when the task is cancelled."""
         engines = self._require_started("db.write()")
-        async with self._write_slot(timeout_s) as deadline:
-            connection = await self._begin_write(engines.writer, deadline)
-            try:
-                yield connection
-            except BaseException:
-                # The writer pool does not roll back on return (see engine.py), so every error path,
-                # cancellation included, ends the transaction here, at the driver, before the slot is freed.
-                await run_to_completion(lambda: _rollback_driver(connection))
-                raise
-            finally:
-                await run_to_completion(connection.close)
+        return WriteScope(
+            engines.writer,
+            self._admission,
+            self.settings,
+            where="db.write()",
+            session=False,
+            commit=False,
+            timeout_s=timeout_s,
+        )
 
     @contextlib.asynccontextmanager
     async def _write_slot(self, timeout_s: float | None = None) -> AsyncIterator[float]:
@@ -366,50 +356,6 @@ class Database:
             return
         async with self._admission.slot(timeout_s) as deadline:
             yield deadline
-
-    async def _begin_write(self, engine: AsyncEngine, deadline: float) -> AsyncConnection:
-        """Check out the writer connection and begin its transaction, retrying SQLITE_BUSY until `deadline`.
-
-        Busy can only come from writers that bypass the lock file; BEGIN IMMEDIATE either fails before
-        anything ran (safe to retry) or guarantees no later SQLITE_BUSY in this transaction.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                connection = await engine.connect()
-            except Exception as exc:
-                raise (translate(exc, where=self.settings.masked_url) or exc) from exc
-            try:
-                if self._admission is not None:
-                    await self._fit_busy_timeout(connection, deadline - loop.time())
-                await connection.begin()
-                return connection
-            except BaseException as exc:
-                if is_sqlite_busy(exc):
-                    await run_to_completion(connection.invalidate)
-                else:  # e.g. cancelled while BEGIN ran on the driver's thread: end what it may have begun
-                    await run_to_completion(functools.partial(_rollback_driver, connection))
-                    await run_to_completion(connection.close)
-                if not is_sqlite_busy(exc):
-                    typed = translate(exc, where=self.settings.masked_url) if isinstance(exc, Exception) else None
-                    if typed is not None:
-                        raise typed from exc
-                    raise
-                if loop.time() >= deadline:
-                    waited = self.settings.write_timeout - (deadline - loop.time())
-                    raise WriteTimeout(str(self.settings.sqlite_path), waited, _FOREIGN_WRITER) from exc
-                await asyncio.sleep(random.uniform(0.001, 0.005))  # noqa: S311 - jitter, not cryptography
-
-    async def _fit_busy_timeout(self, connection: AsyncConnection, remaining_s: float) -> None:
-        """Keep SQLite's own busy wait inside our deadline (it would otherwise wait the full busy timeout)."""
-        configured_ms = round(self.settings.sqlite_busy_timeout * 1000)
-        wanted_ms = max(1, min(configured_ms, int(remaining_s * 1000)))
-        if connection.info.get("dbf_busy_timeout_ms", configured_ms) == wanted_ms:
-            return
-        driver = await _driver(connection)
-        cursor = await driver.execute(f"PRAGMA busy_timeout = {wanted_ms}")
-        await cursor.close()
-        connection.info["dbf_busy_timeout_ms"] = wanted_ms
 
     @contextlib.asynccontextmanager
     async def _batch_transaction(self) -> AsyncIterator[AsyncSession]:
@@ -489,14 +435,24 @@ def _submit_lock_key(settings: DatabaseSettings) -> int:
 async def _rollback_driver(connection: AsyncConnection) -> None:
     with contextlib.suppress(Exception):  # a dead connection has no transaction left to end
         if not connection.closed and not connection.invalidated:
-            await (await _driver(connection)).rollback()
+            adapted = (await connection.get_raw_connection()).dbapi_connection
+            if isinstance(adapted, OneHopConnection):
+                await adapted.rollback_now()
+            else:
+                await (await _driver(connection)).rollback()
 
 
-async def _driver(connection: AsyncConnection) -> Any:
-    """The driver's own connection (aiosqlite or asyncpg) behind a pooled SQLAlchemy connection."""
-    driver = (await connection.get_raw_connection()).driver_connection
+async def _driver(connection: AsyncConnection, *, begun: bool = False) -> Any:
+    """The driver's own connection (aiosqlite or asyncpg) behind a pooled SQLAlchemy connection.
+
+    `begun`: the caller will run SQL on it in the transaction SQLAlchemy began, so a BEGIN still waiting
+    for the first statement (sqlite_driver) is sent now."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
     if driver is None:  # only after invalidation, which our paths never hand out
         raise SessionStateError("db.raw()", "holding an invalidated connection", "Retry the call.")
+    if begun and isinstance(raw.dbapi_connection, OneHopConnection):
+        await raw.dbapi_connection.begin_now()
     return driver
 
 

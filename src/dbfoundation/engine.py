@@ -9,13 +9,11 @@ read-only transactions, or the replica engine when DATABASE_READ_URL is set.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 from sqlalchemy.util.concurrency import await_
@@ -23,8 +21,12 @@ from sqlalchemy.util.concurrency import await_
 from dbfoundation.errors import DatabaseUnavailable
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
+from dbfoundation.sqlite_driver import OneHopConnection, PendingBegin, adapted_dbapi
 
-__all__ = ["Engines", "build_engines", "build_migration_engine", "connect_asyncpg"]
+__all__ = ["BEGIN_LIMITS_KEY", "Engines", "build_engines", "build_migration_engine", "connect_asyncpg"]
+
+# connection.info key: (time.monotonic() deadline, busy_timeout ms) for the next BEGIN IMMEDIATE's retries.
+BEGIN_LIMITS_KEY = "dbf_begin_limits"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def _sqlite_engine(
         settings.async_url,
         # The busy timeout must be in force before any PRAGMA runs; connect(timeout=) does that.
         connect_args={"timeout": settings.sqlite_busy_timeout},
+        module=adapted_dbapi(),
         **pool_options,
         **_common_options(settings),
     )
@@ -82,27 +85,22 @@ def _sqlite_engine(
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         apply_pragmas(dbapi_connection, plan)
 
-    # BEGIN IMMEDIATE takes the write lock now: a deferred BEGIN that later writes can get SQLITE_BUSY
-    # however long busy_timeout is (sqlite.org/c3ref/busy_handler.html).
+    # BEGIN IMMEDIATE takes the write lock at BEGIN: a deferred BEGIN that later writes can get SQLITE_BUSY
+    # however long busy_timeout is (sqlite.org/c3ref/busy_handler.html). The pools of a Database send it
+    # with the transaction's first statement (one thread hop saved per transaction); migrations, whose
+    # code also talks to the driver directly, send it at once.
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        emit_begin(connection, begin_sql)
+        adapted = connection.connection.dbapi_connection
+        if not isinstance(adapted, OneHopConnection):  # another adapter (never ours, but be safe): plain path
+            connection.exec_driver_sql(begin_sql)
+            return
+        limits = connection.info.pop(BEGIN_LIMITS_KEY, (None, None))
+        adapted.defer_begin(PendingBegin(begin_sql, deadline=limits[0], busy_timeout_ms=limits[1]))
+        if migrations:
+            await_(adapted.begin_now())
 
     return engine
-
-
-def emit_begin(connection: Connection, sql: str) -> None:
-    """Run BEGIN on the aiosqlite thread in one hop instead of the three (cursor, execute, close) that
-    exec_driver_sql costs; every write pays for it, so it is worth reaching into aiosqlite for."""
-    driver = getattr(connection.connection.dbapi_connection, "_connection", None)
-    run_on_thread = getattr(driver, "_execute", None)
-    if driver is None or run_on_thread is None:  # another aiosqlite version: the public, slower path
-        connection.exec_driver_sql(sql)
-        return
-    try:
-        await_(run_on_thread(lambda: driver._conn.execute(sql).close()))
-    except sqlite3.Error as exc:  # wrapped as exec_driver_sql would, so callers see one error type
-        raise OperationalError(sql, None, exc) from exc
 
 
 def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
