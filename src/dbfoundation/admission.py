@@ -43,6 +43,7 @@ class WriteAdmission:
         self._file_held = False  # this process holds the lock file between two of its writers
         self._run_started = 0.0
         self._run_length = 0
+        self._started = 0.0  # loop time the current holder started waiting
 
     @property
     def lock_file(self) -> Path | None:
@@ -57,7 +58,27 @@ class WriteAdmission:
             self.release()
 
     async def acquire(self, timeout_s: float) -> float:
-        """Wait for the slot; return the loop-time deadline. Every successful call needs one release()."""
+        """Wait for the whole slot; return the loop-time deadline. A successful call needs one release()."""
+        deadline = await self.acquire_local(timeout_s)
+        try:
+            await self.acquire_file(deadline)
+        except BaseException:
+            self.release_local()
+            raise
+        return deadline
+
+    def release(self) -> None:
+        try:
+            self.release_file()
+        finally:
+            self.release_local()
+
+    async def acquire_local(self, timeout_s: float) -> float:
+        """This process's turn (FIFO); return the loop-time deadline for the rest. Pair with release_local().
+
+        A writer may prepare its connection between acquire_local() and acquire_file(): only the lock
+        file excludes other processes, so their writers need not wait for that preparation.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
@@ -75,37 +96,40 @@ class WriteAdmission:
                     raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder) from None
                 raise
             self._waiters -= 1
-        try:
-            if self._file_lock is not None and not self._file_held:
-                try:
-                    await self._file_lock.acquire(deadline)
-                except TimeoutError:
-                    holder = describe_flock_holder(self._file_lock.path) or "another process"
-                    raise WriteTimeout(str(self.database_path), loop.time() - started, holder) from None
-                self._file_held, self._run_started, self._run_length = True, loop.time(), 0
-        except BaseException:
-            self._lock.release()
-            raise
-        self._run_length += 1
+        self._started = started
         task = asyncio.current_task()
         self._holder = f"task {task.get_name()} in pid {os.getpid()}" if task else f"pid {os.getpid()}"
         return deadline
 
-    def release(self) -> None:
-        self._holder = None
-        # Hand the slot to the next writer of this process without giving the lock file back (a kernel
-        # wake-up and a thread hop saved per write), but only for a short run, so writers of other
-        # processes get their turn within a few milliseconds.
+    async def acquire_file(self, deadline: float) -> None:
+        """The lock file, unless the previous writer of this process handed it over. Needs acquire_local()."""
+        if self._file_lock is not None and not self._file_held:
+            loop = asyncio.get_running_loop()
+            try:
+                await self._file_lock.acquire(deadline)
+            except TimeoutError:
+                holder = describe_flock_holder(self._file_lock.path) or "another process"
+                raise WriteTimeout(str(self.database_path), loop.time() - self._started, holder) from None
+            self._file_held, self._run_started, self._run_length = True, loop.time(), 0
+        self._run_length += 1
+
+    def release_file(self) -> None:
+        """Done with the database file (committed or rolled back): let other processes in, unless a writer
+        of this process is queued and the run is short, which then gets the file without a kernel wake-up
+        and a thread hop. The run is bounded so writers of other processes get their turn within ms."""
         keep = (
             self._waiters > 0
             and self._run_length < self._max_run
             and asyncio.get_running_loop().time() - self._run_started < self._max_run_s
         )
-        try:
-            if not keep:
-                self._release_file()
-        finally:
-            self._lock.release()
+        if not keep:
+            self._release_file()
+
+    def release_local(self) -> None:
+        self._holder = None
+        if self._waiters == 0:  # e.g. a writer that failed before acquire_file() kept a handed-over file
+            self._release_file()
+        self._lock.release()
 
     def _release_file(self) -> None:
         if self._file_lock is not None and self._file_held:

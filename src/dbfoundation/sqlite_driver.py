@@ -57,15 +57,17 @@ class PendingBegin:
 
     sql: str
     deadline: float | None = None  # time.monotonic() until which SQLITE_BUSY is retried (None: no retry)
-    busy_timeout_ms: int | None = None  # PRAGMA busy_timeout to be in force for this BEGIN
+    busy_timeout_ms: int | None = None  # the configured busy timeout, shortened to fit the deadline
 
 
 def _begin(raw: sqlite3.Connection, begin: PendingBegin, state: dict[str, int]) -> None:
-    if begin.busy_timeout_ms is not None and state.get("busy_timeout_ms") != begin.busy_timeout_ms:
-        # Keeps SQLite's own busy wait inside the caller's deadline; only changes when the deadline is near.
-        raw.execute(f"PRAGMA busy_timeout = {int(begin.busy_timeout_ms)}").close()
-        state["busy_timeout_ms"] = begin.busy_timeout_ms
     started = time.monotonic()
+    if begin.busy_timeout_ms is not None and begin.deadline is not None:
+        # SQLite's own busy wait must end by the caller's deadline; it only changes when that is near.
+        wanted = max(1, min(begin.busy_timeout_ms, int((begin.deadline - started) * 1000)))
+        if state.get("busy_timeout_ms", begin.busy_timeout_ms) != wanted:
+            raw.execute(f"PRAGMA busy_timeout = {wanted}").close()
+            state["busy_timeout_ms"] = wanted
     while True:
         try:
             raw.execute(begin.sql).close()

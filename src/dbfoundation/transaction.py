@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -41,19 +42,21 @@ def _checkout_and_begin(engine: Any, limits: tuple[float, int] | None) -> Connec
     try:
         if limits is not None:
             connection.info[BEGIN_LIMITS_KEY] = limits
-        connection.begin()
+        connection.begin()  # on SQLite only recorded: BEGIN runs with the first statement
     except BaseException:
         connection.close()
         raise
     return connection
 
 
-def _commit_and_close(session: Session | None, connection: Connection) -> None:
+def _commit_and_close(session: Session | None, connection: Connection, committed: Callable[[], None]) -> None:
     if session is not None:
         session.commit()  # flush + COMMIT of the connection's transaction (join_transaction_mode control_fully)
-        session.close()
     else:
         connection.commit()
+    committed()  # other processes' writers may go on while this one tidies up
+    if session is not None:
+        session.close()
     connection.close()  # an untouched transaction is rolled back here, which costs nothing if BEGIN never ran
 
 
@@ -81,7 +84,17 @@ class WriteScope(Generic[Handle]):
     (an uncommitted transaction is rolled back). Errors are raised as dbfoundation's typed errors.
     """
 
-    __slots__ = ("_admission", "_commit", "_connection", "_engine", "_session", "_settings", "_timeout_s", "_where")
+    __slots__ = (
+        "_admission",
+        "_commit",
+        "_connection",
+        "_engine",
+        "_file_released",
+        "_session",
+        "_settings",
+        "_timeout_s",
+        "_where",
+    )
 
     def __init__(
         self,
@@ -102,31 +115,46 @@ class WriteScope(Generic[Handle]):
         self._commit = commit
         self._timeout_s = settings.write_timeout if timeout_s is None else timeout_s
         self._connection: Connection | None = None
+        self._file_released = False
 
     async def __aenter__(self) -> Handle:
+        # Order: this process's turn, the connection and session (no SQL yet, and the BEGIN waits for the
+        # first statement), then the lock file. Other processes' writers wait only for what needs the file.
         admission = self._admission
         limits = None
         if admission is not None:
-            deadline = await admission.acquire(self._timeout_s)
+            deadline = await admission.acquire_local(self._timeout_s)
             remaining = deadline - asyncio.get_running_loop().time()
-            configured_ms = round(self._settings.sqlite_busy_timeout * 1000)
-            limits = (time.monotonic() + remaining, max(1, min(configured_ms, int(remaining * 1000))))
+            limits = (time.monotonic() + remaining, round(self._settings.sqlite_busy_timeout * 1000))
         try:
             self._connection = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits)
         except BaseException as exc:
             if admission is not None:
-                admission.release()
+                admission.release_local()
             typed = translate(exc, where=self._settings.masked_url) if isinstance(exc, Exception) else None
             if typed is not None:
                 raise typed from exc
             raise
         connection = AsyncConnection(self._engine, self._connection)
+        handle: Any = connection
         if self._session:
-            session = new_session(connection)
-            self._session = session.sync_session
-            return session  # type: ignore[return-value]
-        self._session = None
-        return connection  # type: ignore[return-value]
+            handle = new_session(connection)
+            self._session = handle.sync_session
+        else:
+            self._session = None
+        if admission is not None:
+            try:
+                await admission.acquire_file(deadline)
+            except BaseException:
+                await run_to_completion(lambda: greenlet_spawn(_rollback_and_close, None, self._connection))
+                admission.release_local()
+                raise
+        return handle  # type: ignore[no-any-return]
+
+    def _release_file(self) -> None:
+        if self._admission is not None and not self._file_released:
+            self._file_released = True
+            self._admission.release_file()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -135,17 +163,19 @@ class WriteScope(Generic[Handle]):
         connection = self._connection
         session = self._session if isinstance(self._session, Session) else None
         assert connection is not None  # noqa: S101 - __aenter__ succeeded
+        admission = self._admission
         try:
             if exc is None and self._commit:
                 try:
-                    await greenlet_spawn(_commit_and_close, session, connection)
+                    await greenlet_spawn(_commit_and_close, session, connection, self._release_file)
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
             await run_to_completion(lambda: greenlet_spawn(_rollback_and_close, session, connection))
         finally:
-            if self._admission is not None:
-                self._admission.release()
+            if admission is not None:
+                self._release_file()
+                admission.release_local()
         if exc is None:
             return
         typed = typed_error(exc, where=self._where, settings=self._settings)

@@ -1,0 +1,127 @@
+"""The SQLite statement path: how many thread hops a unit of work costs, and that the shortcuts keep meaning.
+
+Each aiosqlite call is a round trip between the event loop and the connection's thread; the write path is
+serialised, so the count per transaction is what every queued writer pays. These tests count the calls.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite.core
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+
+from dbfoundation import Database, DuplicateKeyError
+
+metadata = MetaData()
+items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("key", String, unique=True))
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """aiosqlite thread calls, by the name of the function each one runs."""
+    counts: collections.Counter[str] = collections.Counter()
+    real = aiosqlite.core.Connection._execute
+
+    def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        counts[getattr(fn, "__name__", type(fn).__name__)] += 1
+        return real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counting)
+    return counts
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    async with Database.from_url(f"sqlite:///{tmp_path / 'app.db'}") as database:
+        async with database.connection() as connection:
+            await connection.run_sync(metadata.create_all)
+        async with database.write() as session:  # connect both pools, so no test counts a connect
+            await session.execute(insert(items), {"key": "warm"})
+        async with database.read() as session:
+            await session.execute(select(items))
+        yield database
+
+
+async def test_a_one_statement_write_costs_two_hops(db: Database, hops: collections.Counter[str]) -> None:
+    """BEGIN IMMEDIATE travels with the INSERT (one hop: execute, fetch, close), then COMMIT."""
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "a"})
+    assert sum(hops.values()) == 2, hops
+    async with db.read() as session:
+        assert await session.scalar(select(items.c.id).where(items.c.key == "a")) is not None
+
+
+async def test_each_further_statement_costs_one_hop_and_reads_its_rows(
+    db: Database, hops: collections.Counter[str]
+) -> None:
+    async with db.write() as session:
+        await session.execute(insert(items), [{"key": f"k{n}"} for n in range(5)])  # executemany
+        changed = await session.execute(update(items).where(items.c.key.like("k%")).values(key=items.c.key + "!"))
+        keys = (await session.scalars(select(items.c.key).where(items.c.key.like("k%")).order_by(items.c.key))).all()
+    assert changed.rowcount == 5
+    assert keys == ["k0!", "k1!", "k2!", "k3!", "k4!"]
+    assert sum(hops.values()) == 4, hops  # three statements and the COMMIT
+
+
+async def test_a_write_that_ran_nothing_costs_no_hop(db: Database, hops: collections.Counter[str]) -> None:
+    async with db.write():
+        pass
+    assert sum(hops.values()) == 0, hops
+
+
+async def test_a_read_costs_two_hops(db: Database, hops: collections.Counter[str]) -> None:
+    """The deferred BEGIN travels with the SELECT; the end of the read snapshot is the second hop."""
+    async with db.read() as session:
+        assert (await session.execute(select(items.c.key))).all() == [("warm",)]
+    assert sum(hops.values()) == 2, hops
+
+
+async def test_orm_insert_gets_its_primary_key_back(db: Database) -> None:
+    async with db.write() as session:
+        result = await session.execute(insert(items).returning(items.c.id), {"key": "returned"})
+        new_id = result.scalar_one()
+        plain = await session.execute(insert(items), {"key": "plain"})
+    assert plain.inserted_primary_key is not None
+    assert plain.inserted_primary_key[0] == new_id + 1
+
+
+async def test_a_failed_first_statement_leaves_no_transaction_open(db: Database) -> None:
+    """The BEGIN ran, the INSERT failed: the rollback must still end the transaction before the next write."""
+    with pytest.raises(DuplicateKeyError):
+        async with db.write() as session:
+            await session.execute(insert(items), {"key": "warm"})
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "after"})
+    async with db.read() as session:
+        assert sorted(await session.scalars(select(items.c.key))) == ["after", "warm"]
+
+
+async def test_stream_keeps_its_server_side_cursor(db: Database) -> None:
+    async with db.write() as session:
+        await session.execute(insert(items), [{"key": f"s{n:03}"} for n in range(300)])
+    async with db.read() as session:
+        seen = [key async for key in await session.stream_scalars(select(items.c.key).where(items.c.key.like("s%")))]
+    assert len(seen) == 300
+
+
+async def test_raw_runs_inside_the_transaction_the_block_began(db: Database, tmp_path: Path) -> None:
+    """db.raw() hands out the aiosqlite connection with BEGIN IMMEDIATE already sent: an error rolls back
+    what the block wrote, and while the block runs no other connection can write."""
+    with pytest.raises(RuntimeError):
+        async with db.raw() as driver:
+            await driver.execute("INSERT INTO items (key) VALUES ('raw')")
+            other = sqlite3.connect(tmp_path / "app.db", timeout=0)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+            raise RuntimeError("undo")
+    async with db.read() as session:
+        assert await session.scalar(text("SELECT count(*) FROM items WHERE key = 'raw'")) == 0
