@@ -8,12 +8,15 @@ import logging
 import traceback
 import warnings
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, insert, select, text
 
 from conftest import create_postgres_database, drop_postgres_database, require_postgres
 from dbfoundation import Database, DatabaseSettings, DatabaseUnavailable, ReadOnlyError, SessionStateError
+from dbfoundation.engine import ALIVE_BYPASS_S
 
 metadata = MetaData()
 parents = Table("parents", metadata, Column("id", Integer, primary_key=True), Column("name", String(50)))
@@ -172,13 +175,64 @@ async def test_every_reader_connection_gets_the_pragmas(sqlite_url: str) -> None
 
 
 async def test_postgres_pool_defaults_and_settings(postgres_url: str) -> None:
-    """PostgreSQL pools default to size 10, overflow 5, pre-ping on, and take the configured values."""
+    """PostgreSQL pools default to size 10 and overflow 5, and take the configured values."""
     async with Database.from_url(postgres_url) as db:
         pool = db.engines.writer.pool
-        assert (pool.size(), pool._max_overflow, pool._pre_ping) == (10, 5, True)  # type: ignore[attr-defined]
-    async with Database.from_url(postgres_url, pool_size=3, max_overflow=1, pool_pre_ping=False) as db:
+        assert (pool.size(), pool._max_overflow) == (10, 5)  # type: ignore[attr-defined]
+    async with Database.from_url(postgres_url, pool_size=3, max_overflow=1) as db:
         pool = db.engines.writer.pool
-        assert (pool.size(), pool._max_overflow, pool._pre_ping) == (3, 1, False)  # type: ignore[attr-defined]
+        assert (pool.size(), pool._max_overflow) == (3, 1)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ping that asyncpg's adapter sent."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    sent: list[int] = []
+    real = AsyncAdapt_asyncpg_connection.ping
+
+    def counting(self: Any) -> None:
+        sent.append(1)
+        real(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counting)
+    return sent
+
+
+async def test_postgres_pings_only_connections_that_sat_idle(postgres_url: str, pings: list[int]) -> None:
+    """A connection back in the pool for less than ALIVE_BYPASS_S is handed out as it is (it just worked);
+    one idle for longer is pinged first. With pool_pre_ping=False nothing is pinged."""
+    async with Database.from_url(postgres_url, pool_size=1, max_overflow=0) as db:
+        for _ in range(5):
+            async with db.write() as session:
+                await session.execute(text("SELECT 1"))
+        assert pings == []
+        await asyncio.sleep(ALIVE_BYPASS_S + 0.1)
+        async with db.write() as session:
+            await session.execute(text("SELECT 1"))
+        assert pings == [1]
+    async with Database.from_url(postgres_url, pool_size=1, max_overflow=0, pool_pre_ping=False) as db:
+        await asyncio.sleep(ALIVE_BYPASS_S + 0.1)
+        async with db.write() as session:
+            await session.execute(text("SELECT 1"))
+    assert pings == [1]
+
+
+async def test_postgres_replaces_an_idle_connection_the_server_closed(postgres_url: str) -> None:
+    """The server ends every connection of the pool; after the bypass window the next write gets a new one."""
+    async with Database.from_url(postgres_url, pool_size=2, max_overflow=0) as db:
+        async with db.write() as session:
+            pids = {await session.scalar(text("SELECT pg_backend_pid()"))}
+        killer = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+        try:
+            for pid in pids:
+                assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await killer.close()
+        await asyncio.sleep(ALIVE_BYPASS_S + 0.1)
+        async with db.write() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) not in pids
 
 
 async def test_postgres_read_url_sends_reads_to_the_replica(postgres_url: str) -> None:

@@ -15,9 +15,9 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from dbfoundation.errors import WriteTimeout
+from dbfoundation.errors import DatabaseUnavailable, WriteTimeout
 
-__all__ = ["WriteAdmission", "describe_flock_holder"]
+__all__ = ["PoolGate", "WriteAdmission", "describe_flock_holder"]
 
 _MAX_RUN = 32  # writers of one process in a row before the lock file goes back to other processes
 _MAX_RUN_S = 0.010  # or this many seconds, whichever comes first
@@ -228,3 +228,42 @@ def describe_flock_holder(path: Path) -> str | None:
                 command = ""
             return f"pid {pid}" + (f" ({command[:80]})" if command else "")
     return None
+
+
+class PoolGate:
+    """FIFO admission to a PostgreSQL pool of `size` connections, with WriteAdmission's interface.
+
+    SQLAlchemy's asyncio pool hands a returned connection to whichever task asks next, so under load
+    some requests lose the race again and again (p99 of seconds while p50 is milliseconds). A fair
+    semaphore in front (asyncio.Semaphore is FIFO since Python 3.11.1) keeps the order of arrival.
+    """
+
+    def __init__(self, size: int, *, timeout_s: float, where: str) -> None:
+        self._semaphore = asyncio.Semaphore(size)
+        self._timeout_s = timeout_s
+        self._where = where
+
+    async def acquire_local(self, timeout_s: float) -> float:
+        loop = asyncio.get_running_loop()
+        if not self._semaphore.locked():
+            await self._semaphore.acquire()  # a connection is free and nobody queued: no timer to arm
+        else:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await self._semaphore.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable(
+                    self._where,
+                    "no pooled connection became free within DATABASE_POOL_TIMEOUT",
+                    "Raise DATABASE_POOL_SIZE / DATABASE_MAX_OVERFLOW, or keep sessions shorter.",
+                ) from None
+        return loop.time() + timeout_s
+
+    async def acquire_file(self, deadline: float) -> None:
+        pass  # the server arbitrates writers
+
+    def release_file(self) -> None:
+        pass
+
+    def release_local(self) -> None:
+        self._semaphore.release()

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
-from dbfoundation.admission import WriteAdmission
+from dbfoundation.admission import PoolGate, WriteAdmission
 from dbfoundation.batching import GroupCommitter
 from dbfoundation.driver_errors import translate
 from dbfoundation.engine import Engines, build_engines
@@ -50,6 +50,7 @@ class Database:
         self._state: State = "new"
         self._engines: Engines | None = None
         self._admission: WriteAdmission | None = None
+        self._pool_gate: PoolGate | None = None  # PostgreSQL
         self._committer = GroupCommitter(self._batch_transaction)
         self._checkpointer: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
@@ -98,6 +99,9 @@ class Database:
             if settings.backend == "sqlite":
                 await prepare_sqlite_file(settings)
                 self._admission = WriteAdmission(settings.sqlite_path, use_lock_file=settings.sqlite_lock_file)
+            else:
+                size = settings.pool_size + settings.max_overflow
+                self._pool_gate = PoolGate(size, timeout_s=settings.pool_timeout, where=settings.masked_url)
             engines = build_engines(settings)
             try:
                 await self._check_reachable(engines)
@@ -202,7 +206,7 @@ class Database:
         engines = self._require_started("db.write()")
         if self._joined is not None:
             return self._joined.session(where="db.write()", read_only=False)
-        return WriteScope(engines.writer, self._admission, self.settings, where="db.write()", session=True)
+        return WriteScope(engines.writer, self._gate, self.settings, where="db.write()", session=True)
 
     @contextlib.asynccontextmanager
     async def connection(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -218,7 +222,7 @@ class Database:
                 yield connection
             return
         scope: WriteScope[AsyncConnection] = WriteScope(
-            engines.writer, self._admission, self.settings, where="db.connection()", session=False
+            engines.writer, self._gate, self.settings, where="db.connection()", session=False
         )
         async with scope as connection:
             yield connection
@@ -319,19 +323,30 @@ class Database:
             raise SessionStateError(call, "not started", "Use 'async with db:' or 'await db.start()' first.")
         raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
 
+    @property
+    def _gate(self) -> WriteAdmission | PoolGate | None:
+        return self._admission if self._admission is not None else self._pool_gate
+
     @contextlib.asynccontextmanager
     async def _reader_connection(self, engines: Engines) -> AsyncIterator[AsyncConnection]:
+        gate = None if engines.owns_reader else self._pool_gate  # reads share the writer's pool
+        if gate is not None:
+            await gate.acquire_local(self.settings.pool_timeout)
         try:
-            connection = await engines.reader.connect()
-        except Exception as exc:  # cannot connect, or the pool stayed full: say so in our terms
-            raise (translate(exc, where=self.settings.masked_url) or exc) from exc
-        try:
-            yield connection
-        except BaseException:
-            await run_to_completion(lambda: _rollback_driver(connection))  # see _write_connection
-            raise
+            try:
+                connection = await engines.reader.connect()
+            except Exception as exc:  # cannot connect, or the pool stayed full: say so in our terms
+                raise (translate(exc, where=self.settings.masked_url) or exc) from exc
+            try:
+                yield connection
+            except BaseException:
+                await run_to_completion(lambda: _rollback_driver(connection))  # see _write_connection
+                raise
+            finally:
+                await run_to_completion(connection.close)
         finally:
-            await run_to_completion(connection.close)
+            if gate is not None:
+                gate.release_local()
 
     def _write_connection(self, timeout_s: float | None = None) -> WriteScope[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; rolled back unless the
@@ -339,7 +354,7 @@ class Database:
         engines = self._require_started("db.write()")
         return WriteScope(
             engines.writer,
-            self._admission,
+            self._gate,
             self.settings,
             where="db.write()",
             session=False,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from dbfoundation.admission import WriteAdmission
+from dbfoundation.admission import PoolGate, WriteAdmission
 from dbfoundation.driver_errors import translate
 from dbfoundation.engine import BEGIN_LIMITS_KEY
 from dbfoundation.errors import WriteTimeout
@@ -99,7 +99,7 @@ class WriteScope(Generic[Handle]):
     def __init__(
         self,
         engine: AsyncEngine,
-        admission: WriteAdmission | None,
+        admission: WriteAdmission | PoolGate | None,
         settings: DatabaseSettings,
         *,
         where: str,
@@ -126,6 +126,8 @@ class WriteScope(Generic[Handle]):
             deadline = await admission.acquire_local(self._timeout_s)
             remaining = deadline - asyncio.get_running_loop().time()
             limits = (time.monotonic() + remaining, round(self._settings.sqlite_busy_timeout * 1000))
+            if isinstance(admission, PoolGate):
+                limits = None
         try:
             self._connection = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits)
         except BaseException as exc:
