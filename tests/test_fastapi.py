@@ -116,9 +116,11 @@ def closes(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     of the sync Session underneath (db.write() closes that one directly, inside its commit step)."""
     counts: Counter[int] = Counter()
     real_close = Session.close
+    kept: list[Session] = []  # a counted session must outlive the test, or a new one could reuse its id()
 
     def counting_close(self: Session) -> None:
         counts[id(self)] += 1
+        kept.append(self)
         real_close(self)
 
     monkeypatch.setattr(Session, "close", counting_close)

@@ -21,10 +21,10 @@ from dbfoundation.engine import Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
 from dbfoundation.joined import JoinedTransaction
 from dbfoundation.pragmas import prepare_sqlite_file
-from dbfoundation.session import run_to_completion, transaction_scope
+from dbfoundation.session import run_to_completion
 from dbfoundation.settings import DatabaseSettings
 from dbfoundation.sqlite_driver import OneHopConnection
-from dbfoundation.transaction import WriteScope, typed_error
+from dbfoundation.transaction import TransactionScope, typed_error
 
 if TYPE_CHECKING:
     from dbfoundation.health import HealthReport
@@ -180,20 +180,14 @@ class Database:
 
     # -- units of work -----------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    def read(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession for reads: the reader pool on SQLite (never waits for the writer), a read-only
         transaction on PostgreSQL (or the replica). A write through it raises ReadOnlyError."""
         engines = self._require_started("db.read()")
         if self._joined is not None:
-            async with self._joined.session(where="db.read()", read_only=True) as session:
-                yield session
-            return
-        async with (
-            self._reader_connection(engines) as connection,
-            transaction_scope(connection, where="db.read()") as session,
-        ):
-            yield session
+            return self._joined.session(where="db.read()", read_only=True)
+        gate = None if engines.owns_reader else self._pool_gate  # PostgreSQL reads sharing the writer's pool
+        return TransactionScope(engines.reader, gate, self.settings, where="db.read()", session=True)
 
     def write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession in a write transaction: committed when the block ends, rolled back on error.
@@ -206,7 +200,7 @@ class Database:
         engines = self._require_started("db.write()")
         if self._joined is not None:
             return self._joined.session(where="db.write()", read_only=False)
-        return WriteScope(engines.writer, self._gate, self.settings, where="db.write()", session=True)
+        return TransactionScope(engines.writer, self._gate, self.settings, where="db.write()", session=True)
 
     @contextlib.asynccontextmanager
     async def connection(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -221,7 +215,7 @@ class Database:
             async with self._reader_connection(engines) as connection:
                 yield connection
             return
-        scope: WriteScope[AsyncConnection] = WriteScope(
+        scope: TransactionScope[AsyncConnection] = TransactionScope(
             engines.writer, self._gate, self.settings, where="db.connection()", session=False
         )
         async with scope as connection:
@@ -348,11 +342,11 @@ class Database:
             if gate is not None:
                 gate.release_local()
 
-    def _write_connection(self, timeout_s: float | None = None) -> WriteScope[AsyncConnection]:
+    def _write_connection(self, timeout_s: float | None = None) -> TransactionScope[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; rolled back unless the
         block commits, before the slot is released, even when the task is cancelled."""
         engines = self._require_started("db.write()")
-        return WriteScope(
+        return TransactionScope(
             engines.writer,
             self._gate,
             self.settings,

@@ -1,4 +1,4 @@
-"""The write transaction behind db.write(), db.connection() and db.raw(), in as few steps as it can take.
+"""The transaction behind db.read(), db.write(), db.connection() and db.raw(), in as few steps as it can take.
 
 Every writer is serialised, so whatever a write costs between taking the slot and freeing it is paid by
 every writer queued behind it. The profile of the first version showed nine greenlet spawns and a task
@@ -31,7 +31,7 @@ from dbfoundation.session import new_session, run_to_completion
 from dbfoundation.settings import DatabaseSettings
 from dbfoundation.sqlite_driver import BeginBusy
 
-__all__ = ["WriteScope"]
+__all__ = ["TransactionScope"]
 
 FOREIGN_WRITER = "a writer outside dbfoundation's lock file (e.g. the sqlite3 shell or a backup tool)"
 Handle = TypeVar("Handle", AsyncSession, AsyncConnection)
@@ -77,8 +77,10 @@ def _rollback_and_close(session: Session | None, connection: Connection) -> None
         connection.close()
 
 
-class WriteScope(Generic[Handle]):
-    """`async with WriteScope(...) as handle:` a session (or Core connection) in a write transaction.
+class TransactionScope(Generic[Handle]):
+    """`async with TransactionScope(...) as handle:` a session (or Core connection) in a transaction.
+
+    `admission` is the SQLite write slot for the writer, the PostgreSQL pool gate, or None (SQLite readers).
 
     `commit=True` commits when the block ends without error; `commit=False` leaves ending it to the block
     (an uncommitted transaction is rolled back). Errors are raised as dbfoundation's typed errors.
