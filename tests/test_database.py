@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 import traceback
 import warnings
 from pathlib import Path
@@ -329,3 +330,35 @@ async def test_background_checkpointer_truncates_a_wal_past_its_limit(tmp_path: 
         assert wal.stat().st_size == 0
         async with db.read() as session:
             assert await session.scalar(text("SELECT count(*) FROM blobs")) == 200
+
+
+async def test_commits_leave_checkpoints_to_the_background_checkpointer(tmp_path: Path) -> None:
+    """The writer never checkpoints inside a COMMIT (wal_autocheckpoint = 0); the background checkpointer
+    copies the WAL into the database file soon after, off the write path. Without it, SQLite's default holds."""
+    path = tmp_path / "app.db"
+
+    def rows_in_main_file() -> int:
+        # immutable=1 reads the database file alone, ignoring the WAL: it shows what was checkpointed.
+        main_file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return int(main_file.execute("SELECT count(*) FROM blobs").fetchone()[0])
+        except sqlite3.OperationalError:  # the table itself is not checkpointed yet
+            return 0
+        finally:
+            main_file.close()
+
+    async with Database.from_url(f"sqlite:///{path}") as db:
+        async with db.raw() as driver:
+            assert (await (await driver.execute("PRAGMA wal_autocheckpoint")).fetchone())[0] == 0
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE blobs (b BLOB)"))
+        for _ in range(30):  # ~1,500 pages in all: past the 1,000 at which a COMMIT would checkpoint itself
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO blobs VALUES (randomblob(4000))"), [{}] * 50)
+        for _ in range(100):
+            if rows_in_main_file() == 1500:
+                break
+            await asyncio.sleep(0.05)
+        assert rows_in_main_file() == 1500
+    async with Database.from_url(f"sqlite:///{path}", sqlite_checkpoint_interval=0) as db, db.raw() as driver:
+        assert (await (await driver.execute("PRAGMA wal_autocheckpoint")).fetchone())[0] == 1000

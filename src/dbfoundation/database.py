@@ -16,6 +16,7 @@ from sqlalchemy.sql import Executable
 
 from dbfoundation.admission import PoolGate, WriteAdmission
 from dbfoundation.batching import GroupCommitter
+from dbfoundation.checkpoint import Checkpointer
 from dbfoundation.driver_errors import translate
 from dbfoundation.engine import Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
@@ -53,6 +54,7 @@ class Database:
         self._pool_gate: PoolGate | None = None  # PostgreSQL
         self._committer = GroupCommitter(self._batch_transaction)
         self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoints: Checkpointer | None = None
         self._start_lock: asyncio.Lock | None = None
         self._joined: JoinedTransaction | None = None
 
@@ -118,7 +120,13 @@ class Database:
             self._engines = engines
             self._state = "started"
             if settings.backend == "sqlite" and settings.sqlite_checkpoint_interval > 0:
-                self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="dbfoundation-checkpoint")
+                self._checkpoints = Checkpointer(
+                    settings.sqlite_path,
+                    truncate_every_s=settings.sqlite_checkpoint_interval,
+                    size_limit=settings.sqlite_journal_size_limit,
+                    truncate_in_write_slot=self._truncate_wal,
+                )
+                self._checkpointer = asyncio.create_task(self._checkpoints.run(), name="dbfoundation-checkpoint")
             logger.info("database started: %s", settings.masked_url)
 
     async def stop(self) -> None:
@@ -131,6 +139,8 @@ class Database:
             self._checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
+        if self._checkpoints is not None:
+            await asyncio.to_thread(self._checkpoints.close)  # waits for a checkpoint still running
         if self.backend == "sqlite":
             with contextlib.suppress(Exception):  # optimize is advice to the planner; never fail a stop on it
                 async with self._write_connection(timeout_s=1.0) as connection:  # nor hold a shutdown up
@@ -400,34 +410,14 @@ class Database:
                     )
                 raise typed from exc
 
-    async def _checkpoint_loop(self) -> None:
-        """Keep the WAL bounded: past journal_size_limit, checkpoint it (TRUNCATE) in the write slot.
-
-        SQLite's own auto-checkpoint cannot reset the WAL while readers overlap continuously, so it
-        grows without bound under read load (sqlite.org/wal.html, checkpoint starvation).
-        """
-        path = self.settings.sqlite_path
-        wal = path.with_name(path.name + "-wal")
-        limit = self.settings.sqlite_journal_size_limit
-        while True:
-            await asyncio.sleep(self.settings.sqlite_checkpoint_interval)
-            try:
-                size = wal.stat().st_size
-            except OSError:
-                continue
-            if limit < 0 or size <= limit:
-                continue
-            try:
-                async with self._write_slot():
-                    engine = self.engines.writer
-                    async with engine.connect() as connection:
-                        driver = await _driver(connection)
-                        cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                        await cursor.close()
-            except (WriteTimeout, SessionStateError):
-                continue
-            except Exception:
-                logger.warning("WAL checkpoint of %s failed; will retry", path, exc_info=True)
+    async def _truncate_wal(self) -> None:
+        """Checkpoint and truncate the WAL in the write slot (the checkpointer's answer to a WAL past
+        journal_size_limit, which PASSIVE checkpoints cannot reset while readers overlap)."""
+        with contextlib.suppress(WriteTimeout, SessionStateError):
+            async with self._write_slot(), self.engines.writer.connect() as connection:
+                driver = await _driver(connection)
+                cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await cursor.close()
 
     def _close_admission(self) -> None:
         if self._admission is not None:

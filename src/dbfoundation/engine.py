@@ -59,7 +59,8 @@ def _sqlite_engine(
         # Batch migrations copy and drop tables; with foreign keys on, the DROP's implicit DELETE fires
         # ON DELETE CASCADE and empties child tables. The pragma is a no-op inside a transaction, so it is
         # off for the whole connection; each migration runs foreign_key_check before its COMMIT instead.
-        plan = dataclasses.replace(plan, foreign_keys=False)
+        # No background checkpointer watches a migration connection, so SQLite checkpoints as usual.
+        plan = dataclasses.replace(plan, foreign_keys=False, wal_autocheckpoint=1000)
     pool_options: dict[str, Any] = (
         {"poolclass": NullPool}
         if migrations

@@ -50,6 +50,7 @@ class PragmaPlan:
     mmap_size: int
     journal_size_limit: int
     query_only: bool
+    wal_autocheckpoint: int = 1000  # SQLite's default; 0 on the writer while our checkpointer runs
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings, *, reader: bool) -> PragmaPlan:
@@ -62,6 +63,9 @@ class PragmaPlan:
             mmap_size=settings.sqlite_mmap_size,
             journal_size_limit=settings.sqlite_journal_size_limit,
             query_only=reader,
+            # A COMMIT that crosses the threshold would checkpoint (and fsync) while writers queue behind
+            # it; with the background checkpointer on, checkpoints happen beside the writer (checkpoint.py).
+            wal_autocheckpoint=0 if settings.sqlite_checkpoint_interval > 0 and not reader else 1000,
         )
 
     def statements(self) -> list[str]:
@@ -74,6 +78,7 @@ class PragmaPlan:
             f"PRAGMA mmap_size = {self.mmap_size}",
             f"PRAGMA cache_size = {self.cache_size}",
             f"PRAGMA query_only = {'ON' if self.query_only else 'OFF'}",
+            f"PRAGMA wal_autocheckpoint = {self.wal_autocheckpoint}",
         ]
 
 
