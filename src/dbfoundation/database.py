@@ -51,7 +51,8 @@ class Database:
         self._state: State = "new"
         self._engines: Engines | None = None
         self._admission: WriteAdmission | None = None
-        self._pool_gate: PoolGate | None = None  # PostgreSQL
+        self._pool_gate: PoolGate | None = None  # PostgreSQL: the writer's pool
+        self._read_gate: PoolGate | None = None  # the pool db.read() uses (the same gate when shared)
         self._committer = GroupCommitter(self._batch_transaction)
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoints: Checkpointer | None = None
@@ -101,9 +102,13 @@ class Database:
             if settings.backend == "sqlite":
                 await prepare_sqlite_file(settings)
                 self._admission = WriteAdmission(settings.sqlite_path, use_lock_file=settings.sqlite_lock_file)
+                self._read_gate = self._gate_of(settings.sqlite_readers)
             else:
-                size = settings.pool_size + settings.max_overflow
-                self._pool_gate = PoolGate(size, timeout_s=settings.pool_timeout, where=settings.masked_url)
+                self._pool_gate = self._gate_of(settings.pool_size + settings.max_overflow)
+                replica = settings.async_read_url is not None
+                self._read_gate = (
+                    self._gate_of(settings.pool_size + settings.max_overflow) if replica else self._pool_gate
+                )
             engines = build_engines(settings)
             try:
                 await self._check_reachable(engines)
@@ -196,8 +201,7 @@ class Database:
         engines = self._require_started("db.read()")
         if self._joined is not None:
             return self._joined.session(where="db.read()", read_only=True)
-        gate = None if engines.owns_reader else self._pool_gate  # PostgreSQL reads sharing the writer's pool
-        return TransactionScope(engines.reader, gate, self.settings, where="db.read()", session=True)
+        return TransactionScope(engines.reader, self._read_gate, self.settings, where="db.read()", session=True)
 
     def write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession in a write transaction: committed when the block ends, rolled back on error.
@@ -327,13 +331,16 @@ class Database:
             raise SessionStateError(call, "not started", "Use 'async with db:' or 'await db.start()' first.")
         raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
 
+    def _gate_of(self, size: int) -> PoolGate:
+        return PoolGate(size, timeout_s=self.settings.pool_timeout, where=self.settings.masked_url)
+
     @property
     def _gate(self) -> WriteAdmission | PoolGate | None:
         return self._admission if self._admission is not None else self._pool_gate
 
     @contextlib.asynccontextmanager
     async def _reader_connection(self, engines: Engines) -> AsyncIterator[AsyncConnection]:
-        gate = None if engines.owns_reader else self._pool_gate  # reads share the writer's pool
+        gate = self._read_gate
         if gate is not None:
             await gate.acquire_local(self.settings.pool_timeout)
         try:
