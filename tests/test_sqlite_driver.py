@@ -15,6 +15,7 @@ from typing import Any
 import aiosqlite.core
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from dbfoundation import Database, DuplicateKeyError
 
@@ -125,3 +126,38 @@ async def test_raw_runs_inside_the_transaction_the_block_began(db: Database, tmp
             raise RuntimeError("undo")
     async with db.read() as session:
         assert await session.scalar(text("SELECT count(*) FROM items WHERE key = 'raw'")) == 0
+
+
+async def test_savepoints_travel_with_the_statements(db: Database, hops: collections.Counter[str]) -> None:
+    """SAVEPOINT and RELEASE cost no hop of their own: a nested unit costs what its statements cost."""
+    async with db.write() as session:
+        async with session.begin_nested():
+            await session.execute(insert(items), {"key": "kept"})
+        with pytest.raises(IntegrityError):  # inside the block the driver's error; typed when the block ends
+            async with session.begin_nested():
+                await session.execute(insert(items), {"key": "undone"})
+                await session.execute(insert(items), {"key": "warm"})  # fails: the savepoint is rolled back
+        async with session.begin_nested():
+            await session.execute(insert(items), {"key": "after"})
+    assert sum(hops.values()) == 5, hops  # four INSERTs and the COMMIT
+    async with db.read() as session:
+        assert sorted(await session.scalars(select(items.c.key))) == ["after", "kept", "warm"]
+
+
+async def test_a_rollback_to_savepoint_still_runs_before_the_commit(db: Database) -> None:
+    """A unit that wrote, then failed in Python, is undone even when nothing runs after its rollback."""
+    async with db.write() as session:
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                await session.execute(insert(items), {"key": "undone"})
+                raise RuntimeError("the unit gives up")
+    async with db.read() as session:
+        assert sorted(await session.scalars(select(items.c.key))) == ["warm"]
+
+
+async def test_submit_units_cost_their_statements_plus_one_commit(db: Database, hops: collections.Counter[str]) -> None:
+    async def unit(session: Any) -> None:
+        await session.execute(insert(items), {"key": "by-unit"})
+
+    await db.submit(unit)
+    assert sum(hops.values()) == 2, hops

@@ -37,6 +37,7 @@ from sqlalchemy.util.concurrency import await_
 __all__ = ["BeginBusy", "OneHopConnection", "adapted_dbapi"]
 
 _SQLITE_BUSY = 5
+_DEFERRABLE = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 # What one statement leaves behind: description, rows (None for no result set), rowcount, lastrowid.
 _Outcome = tuple[Any, list[Any] | None, int, int | None]
@@ -60,6 +61,12 @@ class PendingBegin:
     busy_timeout_ms: int | None = None  # the configured busy timeout, shortened to fit the deadline
 
 
+def _commit(raw: sqlite3.Connection, prelude: list[str]) -> None:
+    for sql in prelude:
+        raw.execute(sql).close()
+    raw.commit()
+
+
 def _begin(raw: sqlite3.Connection, begin: PendingBegin, state: dict[str, int]) -> None:
     started = time.monotonic()
     if begin.busy_timeout_ms is not None and begin.deadline is not None:
@@ -81,17 +88,27 @@ def _begin(raw: sqlite3.Connection, begin: PendingBegin, state: dict[str, int]) 
         time.sleep(random.uniform(0.001, 0.005))  # noqa: S311 - jitter, not cryptography
 
 
+def _run_prelude(
+    raw: sqlite3.Connection, begin: PendingBegin | None, state: dict[str, int], prelude: list[str]
+) -> None:
+    if begin is not None:
+        _begin(raw, begin, state)
+    for sql in prelude:
+        raw.execute(sql).close()
+
+
 def _run_statement(
     raw: sqlite3.Connection,
     begin: PendingBegin | None,
     state: dict[str, int],
+    prelude: list[str],
     operation: str,
     parameters: Any,
     many: bool,
 ) -> _Outcome:
-    """On the connection's thread: BEGIN if pending, execute, fetch every row, close the cursor."""
-    if begin is not None:
-        _begin(raw, begin, state)
+    """On the connection's thread: the pending BEGIN and savepoint statements, then the statement: execute,
+    fetch every row, close the cursor."""
+    _run_prelude(raw, begin, state, prelude)
     cursor = raw.cursor()
     try:
         if many:
@@ -155,15 +172,19 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
         adapted: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        if not many and not parameters and isinstance(operation, str) and operation.startswith(_DEFERRABLE):
+            # SAVEPOINT / RELEASE / ROLLBACK TO return nothing and cannot fail in a live transaction: they
+            # travel with the next statement (or the COMMIT), in order, instead of costing a hop each.
+            adapted._prelude.append(operation)
+            self._description, self._rowcount, self._lastrowid, self._rows = None, -1, None, deque()
+            return
         connection = self._connection
         begin = adapted._pending_begin
+        prelude, adapted._prelude = adapted._prelude, []
         adapted._thread_state.pop("began", None)
+        args = (connection._conn, begin, adapted._thread_state, prelude, operation, parameters, many)
         try:
-            outcome = await_(
-                connection._execute(
-                    _run_statement, connection._conn, begin, adapted._thread_state, operation, parameters, many
-                )
-            )
+            outcome = await_(connection._execute(_run_statement, *args))
         except Exception as error:
             if begin is None or adapted._thread_state.get("began"):
                 adapted._pending_begin = None  # else BEGIN itself failed: rollback() has nothing to end
@@ -182,12 +203,13 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """The adapted connection: one-hop cursors, and a BEGIN that waits for the first statement."""
 
-    __slots__ = ("_pending_begin", "_thread_state")
+    __slots__ = ("_pending_begin", "_prelude", "_thread_state")
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._pending_begin: PendingBegin | None = None
+        self._prelude: list[str] = []  # savepoint statements waiting for the next statement or the COMMIT
         self._thread_state: dict[str, int] = {}  # written on the aiosqlite thread, read after its hop
 
     def defer_begin(self, begin: PendingBegin) -> None:
@@ -198,26 +220,37 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         return self._pending_begin is not None
 
     async def begin_now(self) -> None:
-        """Run a pending BEGIN (one hop), for code about to use the aiosqlite connection directly."""
-        begin = self._pending_begin
-        if begin is not None:
-            await self._connection._execute(_begin, self._connection._conn, begin, self._thread_state)
+        """Run a pending BEGIN and savepoint statements (one hop), for code about to use the aiosqlite
+        connection directly."""
+        begin, prelude = self._pending_begin, self._prelude
+        if begin is not None or prelude:
+            self._prelude = []
+            await self._connection._execute(_run_prelude, self._connection._conn, begin, self._thread_state, prelude)
             self._pending_begin = None
 
     async def rollback_now(self) -> None:
         """End the transaction at the driver (a no-op when its BEGIN never ran), outside SQLAlchemy."""
+        self._prelude = []
         if self._pending_begin is not None:
             self._pending_begin = None
             return
         await self._connection.rollback()
 
     def commit(self) -> None:
+        prelude, self._prelude = self._prelude, []
         if self._pending_begin is not None:  # nothing ran: there is no transaction to commit
             self._pending_begin = None
             return
-        super().commit()
+        if not prelude:
+            super().commit()
+            return
+        try:  # the last RELEASE (or ROLLBACK TO) and the COMMIT in one hop
+            await_(self._connection._execute(_commit, self._connection._conn, prelude))
+        except Exception as error:
+            self._handle_exception(error)
 
     def rollback(self) -> None:
+        self._prelude = []  # whatever the savepoint statements would have done, the rollback undoes
         if self._pending_begin is not None:
             self._pending_begin = None
             return
