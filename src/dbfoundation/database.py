@@ -225,12 +225,12 @@ class Database:
             async with self._joined.nested_connection(where="db.connection()") as connection:
                 yield connection
             return
-        if read_only:
-            async with self._reader_connection(engines) as connection:
-                yield connection
-            return
-        scope: TransactionScope[AsyncConnection] = TransactionScope(
-            engines.writer, self._gate, self.settings, where="db.connection()", session=False
+        scope: TransactionScope[AsyncConnection] = (
+            TransactionScope(
+                engines.reader, self._read_gate, self.settings, where="db.connection()", session=False, commit=False
+            )
+            if read_only
+            else TransactionScope(engines.writer, self._gate, self.settings, where="db.connection()", session=False)
         )
         async with scope as connection:
             yield connection
@@ -275,8 +275,6 @@ class Database:
             return
         scope = self.connection(read_only=True) if read_only else self._write_connection()
         async with scope as connection:
-            if read_only:
-                await connection.begin()
             driver = await _driver(connection, begun=True)
             driver.row_factory = _aiosqlite_row()
             try:
@@ -338,27 +336,6 @@ class Database:
     def _gate(self) -> WriteAdmission | PoolGate | None:
         return self._admission if self._admission is not None else self._pool_gate
 
-    @contextlib.asynccontextmanager
-    async def _reader_connection(self, engines: Engines) -> AsyncIterator[AsyncConnection]:
-        gate = self._read_gate
-        if gate is not None:
-            await gate.acquire_local(self.settings.pool_timeout)
-        try:
-            try:
-                connection = await engines.reader.connect()
-            except Exception as exc:  # cannot connect, or the pool stayed full: say so in our terms
-                raise (translate(exc, where=self.settings.masked_url) or exc) from exc
-            try:
-                yield connection
-            except BaseException:
-                await run_to_completion(lambda: _rollback_driver(connection))  # see _write_connection
-                raise
-            finally:
-                await run_to_completion(connection.close)
-        finally:
-            if gate is not None:
-                gate.release_local()
-
     def _write_connection(self, timeout_s: float | None = None) -> TransactionScope[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; rolled back unless the
         block commits, before the slot is released, even when the task is cancelled."""
@@ -372,16 +349,6 @@ class Database:
             commit=False,
             timeout_s=timeout_s,
         )
-
-    @contextlib.asynccontextmanager
-    async def _write_slot(self, timeout_s: float | None = None) -> AsyncIterator[float]:
-        timeout_s = self.settings.write_timeout if timeout_s is None else timeout_s
-        loop = asyncio.get_running_loop()
-        if self._admission is None:  # PostgreSQL: the server arbitrates writers
-            yield loop.time() + timeout_s
-            return
-        async with self._admission.slot(timeout_s) as deadline:
-            yield deadline
 
     @contextlib.asynccontextmanager
     async def _batch_transaction(self) -> AsyncIterator[AsyncSession]:
@@ -420,8 +387,10 @@ class Database:
     async def _truncate_wal(self) -> None:
         """Checkpoint and truncate the WAL in the write slot (the checkpointer's answer to a WAL past
         journal_size_limit, which PASSIVE checkpoints cannot reset while readers overlap)."""
+        admission = self._admission
+        assert admission is not None  # noqa: S101 - the checkpointer runs on SQLite only
         with contextlib.suppress(WriteTimeout, SessionStateError):
-            async with self._write_slot(), self.engines.writer.connect() as connection:
+            async with admission.slot(self.settings.write_timeout), self.engines.writer.connect() as connection:
                 driver = await _driver(connection)
                 cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 await cursor.close()
@@ -436,16 +405,6 @@ def _submit_lock_key(settings: DatabaseSettings) -> int:
     """The advisory-lock key that serialises submit() batches on one PostgreSQL database."""
     digest = hashlib.sha256(b"dbfoundation.submit\x00" + (settings.async_url.database or "").encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-async def _rollback_driver(connection: AsyncConnection) -> None:
-    with contextlib.suppress(Exception):  # a dead connection has no transaction left to end
-        if not connection.closed and not connection.invalidated:
-            adapted = (await connection.get_raw_connection()).dbapi_connection
-            if isinstance(adapted, OneHopConnection):
-                await adapted.rollback_now()
-            else:
-                await (await _driver(connection)).rollback()
 
 
 async def _driver(connection: AsyncConnection, *, begun: bool = False) -> Any:

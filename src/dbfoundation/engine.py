@@ -70,7 +70,7 @@ def _sqlite_engine(
             "max_overflow": 0,
             "pool_timeout": settings.pool_timeout,
             # Database always ends its transactions itself (commit, or a rollback on every error path, see
-            # _write_connection and _reader_connection), so a rollback-on-return would be a wasted thread hop.
+            # transaction.TransactionScope), so a rollback-on-return would be a wasted thread hop.
             "pool_reset_on_return": None,
         }
     )

@@ -62,8 +62,7 @@ class PendingBegin:
 
 
 def _commit(raw: sqlite3.Connection, prelude: list[str]) -> None:
-    for sql in prelude:
-        raw.execute(sql).close()
+    _run_prelude(raw, None, {}, prelude)
     raw.commit()
 
 
@@ -214,10 +213,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def defer_begin(self, begin: PendingBegin) -> None:
         self._pending_begin = begin
-
-    @property
-    def begin_pending(self) -> bool:
-        return self._pending_begin is not None
 
     async def begin_now(self) -> None:
         """Run a pending BEGIN and savepoint statements (one hop), for code about to use the aiosqlite

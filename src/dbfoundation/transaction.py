@@ -126,10 +126,9 @@ class TransactionScope(Generic[Handle]):
         limits = None
         if admission is not None:
             deadline = await admission.acquire_local(self._timeout_s)
+        if isinstance(admission, WriteAdmission):  # the SQLite writer: BEGIN IMMEDIATE retries until the deadline
             remaining = deadline - asyncio.get_running_loop().time()
             limits = (time.monotonic() + remaining, round(self._settings.sqlite_busy_timeout * 1000))
-            if isinstance(admission, PoolGate):
-                limits = None
         try:
             self._connection = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits)
         except BaseException as exc:
