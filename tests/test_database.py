@@ -339,11 +339,13 @@ async def test_commits_leave_checkpoints_to_the_background_checkpointer(tmp_path
 
     def rows_in_main_file() -> int:
         # immutable=1 reads the database file alone, ignoring the WAL: it shows what was checkpointed.
+        # It also ignores locks, so a read that overlaps a checkpoint may see a half-copied file
+        # ("malformed") or no table yet: both mean "not checkpointed yet", and the caller polls again.
         main_file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
         try:
             return int(main_file.execute("SELECT count(*) FROM blobs").fetchone()[0])
-        except sqlite3.OperationalError:  # the table itself is not checkpointed yet
-            return 0
+        except sqlite3.DatabaseError:
+            return -1
         finally:
             main_file.close()
 
@@ -355,10 +357,12 @@ async def test_commits_leave_checkpoints_to_the_background_checkpointer(tmp_path
         for _ in range(30):  # ~1,500 pages in all: past the 1,000 at which a COMMIT would checkpoint itself
             async with db.write() as session:
                 await session.execute(text("INSERT INTO blobs VALUES (randomblob(4000))"), [{}] * 50)
+        checkpointed = -1
         for _ in range(100):
-            if rows_in_main_file() == 1500:
+            checkpointed = rows_in_main_file()
+            if checkpointed == 1500:
                 break
             await asyncio.sleep(0.05)
-        assert rows_in_main_file() == 1500
+        assert checkpointed == 1500
     async with Database.from_url(f"sqlite:///{path}", sqlite_checkpoint_interval=0) as db, db.raw() as driver:
         assert (await (await driver.execute("PRAGMA wal_autocheckpoint")).fetchone())[0] == 1000
