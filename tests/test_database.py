@@ -17,6 +17,7 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, ins
 
 from conftest import create_postgres_database, drop_postgres_database, require_postgres
 from dbfoundation import Database, DatabaseSettings, DatabaseUnavailable, ReadOnlyError, SessionStateError
+from dbfoundation.admission import PoolGate
 from dbfoundation.engine import ALIVE_BYPASS_S
 
 metadata = MetaData()
@@ -366,3 +367,58 @@ async def test_commits_leave_checkpoints_to_the_background_checkpointer(tmp_path
         assert checkpointed == 1500
     async with Database.from_url(f"sqlite:///{path}", sqlite_checkpoint_interval=0) as db, db.raw() as driver:
         assert (await (await driver.execute("PRAGMA wal_autocheckpoint")).fetchone())[0] == 1000
+
+
+async def test_pool_gate_hands_connections_out_in_arrival_order() -> None:
+    """A task that arrives just as a connection comes back waits behind those already queued. A plain
+    asyncio.Queue pool (what SQLAlchemy's async pool is) would hand it the connection first."""
+    gate = PoolGate(1, timeout_s=5, where="test")
+    await gate.acquire_local(5)
+    entered: list[str] = []
+
+    async def take(name: str) -> None:
+        await gate.acquire_local(5)
+        entered.append(name)
+        await asyncio.sleep(0)
+        gate.release_local()
+
+    queued = []
+    for n in range(5):
+        queued.append(asyncio.create_task(take(f"queued-{n}")))
+        await asyncio.sleep(0)  # each task reaches the gate, and waits, before the next is made
+    gate.release_local()
+    await gate.acquire_local(5)  # a late arrival asks in the very step the connection came back
+    entered.append("late")
+    gate.release_local()
+    await asyncio.gather(*queued)
+    assert entered == [f"queued-{n}" for n in range(5)] + ["late"]
+
+
+async def test_full_pool_fails_after_the_pool_timeout_with_a_clear_error(tmp_path: Path) -> None:
+    """db.read() on a reader pool that stays full raises DatabaseUnavailable naming the setting to raise;
+    the requests queued in front of it are served in their order once the holder lets go."""
+    async with Database.from_url(f"sqlite:///{tmp_path / 'app.db'}", sqlite_readers=1, pool_timeout=0.3) as db:
+        release = asyncio.Event()
+        order: list[int] = []
+
+        async def hold() -> None:
+            async with db.read() as session:
+                await session.execute(text("SELECT 1"))
+                await release.wait()
+
+        async def read(n: int) -> None:
+            async with db.read() as session:
+                await session.execute(text("SELECT 1"))
+                order.append(n)
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        with pytest.raises(DatabaseUnavailable, match="DATABASE_POOL_SIZE|DATABASE_POOL_TIMEOUT"):
+            await read(-1)
+        readers = []
+        for n in range(4):
+            readers.append(asyncio.create_task(read(n)))
+            await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(holder, *readers)
+        assert order == [0, 1, 2, 3]
