@@ -413,7 +413,7 @@ async def test_full_pool_fails_after_the_pool_timeout_with_a_clear_error(tmp_pat
 
         holder = asyncio.create_task(hold())
         await asyncio.sleep(0.05)
-        with pytest.raises(DatabaseUnavailable, match="DATABASE_POOL_SIZE|DATABASE_POOL_TIMEOUT"):
+        with pytest.raises(DatabaseUnavailable, match=r"DATABASE_POOL_SIZE|DATABASE_POOL_TIMEOUT"):
             await read(-1)
         readers = []
         for n in range(4):

@@ -113,8 +113,8 @@ async def test_overlapping_writers_queue_and_lose_nothing(tmp_path: Path) -> Non
             await gate.wait()
             asked.append(time.monotonic())
             async with db.write() as session:
-                began = time.monotonic()
                 await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
+                began = time.monotonic()  # a writer's turn starts with its first statement
                 await asyncio.sleep(0.005)  # keep the slot so the others must queue
                 held.append((began, time.monotonic()))
 
@@ -180,8 +180,8 @@ async def test_write_timeout_in_one_process_names_the_holding_task(tmp_path: Pat
         holder = asyncio.create_task(slow(), name="slow-writer")
         await inside.wait()
         with pytest.raises(WriteTimeout, match="slow-writer"):
-            async with db.write():
-                pass
+            async with db.write() as session:  # the turn is asked for with the first statement
+                await session.execute(text("INSERT INTO hits VALUES (99)"))
         release.set()
         await holder
         async with db.write() as session:
@@ -389,3 +389,26 @@ async def test_writers_of_one_process_keep_the_lock_file_only_for_a_short_run(tm
     # Writers 3 and 6 end a run of three and give the file back; the 7th is the last one, so it does too.
     assert free_after == [False, False, True, False, False, True, True]
     admission.close()
+
+
+async def test_a_writer_that_runs_no_statement_gives_back_a_lock_file_handed_to_it(tmp_path: Path) -> None:
+    """The lock file passes along with the writer connection to a queued writer; if that writer ends without
+    a statement (so it never takes its turn), the lock file still goes back to other processes."""
+    url = _make_hits(tmp_path / "app.db")
+    async with Database.from_url(url) as db:
+        wrote = asyncio.Event()
+
+        async def writes() -> None:
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (1)"))
+                wrote.set()
+                for _ in range(3):  # the empty writer queues behind: the lock file is kept for it
+                    await asyncio.sleep(0)
+
+        async def writes_nothing() -> None:
+            await wrote.wait()
+            async with db.write():
+                pass
+
+        await asyncio.gather(writes(), writes_nothing())
+        assert _lock_file_is_free(tmp_path / "app.db")

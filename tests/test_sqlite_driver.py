@@ -1,12 +1,16 @@
 """The SQLite statement path: how many thread hops a unit of work costs, and that the shortcuts keep meaning.
 
 Each aiosqlite call is a round trip between the event loop and the connection's thread; the write path is
-serialised, so the count per transaction is what every queued writer pays. These tests count the calls.
+serialised, so the count per transaction is what every queued writer pays. These tests count the calls,
+on the thread path (DATABASE_SQLITE_INLINE_WRITES=false, and always for readers) and inline (the default:
+a writer whose turn is taken runs its statements on the loop's thread).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,7 +43,20 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database.from_url(f"sqlite:///{tmp_path / 'app.db'}") as database:
+    async with _warm_database(tmp_path) as database:
+        yield database
+
+
+@pytest.fixture
+async def threaded(tmp_path: Path) -> AsyncIterator[Database]:
+    """A Database whose writer sends every statement to its thread."""
+    async with _warm_database(tmp_path, sqlite_inline_writes=False) as database:
+        yield database
+
+
+@contextlib.asynccontextmanager
+async def _warm_database(tmp_path: Path, **settings: Any) -> AsyncIterator[Database]:
+    async with Database.from_url(f"sqlite:///{tmp_path / 'app.db'}", **settings) as database:
         async with database.connection() as connection:
             await connection.run_sync(metadata.create_all)
         async with database.write() as session:  # connect both pools, so no test counts a connect
@@ -49,19 +66,19 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         yield database
 
 
-async def test_a_one_statement_write_costs_two_hops(db: Database, hops: collections.Counter[str]) -> None:
+async def test_a_one_statement_write_costs_two_hops(threaded: Database, hops: collections.Counter[str]) -> None:
     """BEGIN IMMEDIATE travels with the INSERT (one hop: execute, fetch, close), then COMMIT."""
-    async with db.write() as session:
+    async with threaded.write() as session:
         await session.execute(insert(items), {"key": "a"})
     assert sum(hops.values()) == 2, hops
-    async with db.read() as session:
+    async with threaded.read() as session:
         assert await session.scalar(select(items.c.id).where(items.c.key == "a")) is not None
 
 
 async def test_each_further_statement_costs_one_hop_and_reads_its_rows(
-    db: Database, hops: collections.Counter[str]
+    threaded: Database, hops: collections.Counter[str]
 ) -> None:
-    async with db.write() as session:
+    async with threaded.write() as session:
         await session.execute(insert(items), [{"key": f"k{n}"} for n in range(5)])  # executemany
         changed = await session.execute(update(items).where(items.c.key.like("k%")).values(key=items.c.key + "!"))
         keys = (await session.scalars(select(items.c.key).where(items.c.key.like("k%")).order_by(items.c.key))).all()
@@ -128,9 +145,9 @@ async def test_raw_runs_inside_the_transaction_the_block_began(db: Database, tmp
         assert await session.scalar(text("SELECT count(*) FROM items WHERE key = 'raw'")) == 0
 
 
-async def test_savepoints_travel_with_the_statements(db: Database, hops: collections.Counter[str]) -> None:
+async def test_savepoints_travel_with_the_statements(threaded: Database, hops: collections.Counter[str]) -> None:
     """SAVEPOINT and RELEASE cost no hop of their own: a nested unit costs what its statements cost."""
-    async with db.write() as session:
+    async with threaded.write() as session:
         async with session.begin_nested():
             await session.execute(insert(items), {"key": "kept"})
         with pytest.raises(IntegrityError):  # inside the block the driver's error; typed when the block ends
@@ -140,7 +157,7 @@ async def test_savepoints_travel_with_the_statements(db: Database, hops: collect
         async with session.begin_nested():
             await session.execute(insert(items), {"key": "after"})
     assert sum(hops.values()) == 5, hops  # four INSERTs and the COMMIT
-    async with db.read() as session:
+    async with threaded.read() as session:
         assert sorted(await session.scalars(select(items.c.key))) == ["after", "kept", "warm"]
 
 
@@ -155,9 +172,77 @@ async def test_a_rollback_to_savepoint_still_runs_before_the_commit(db: Database
         assert sorted(await session.scalars(select(items.c.key))) == ["warm"]
 
 
-async def test_submit_units_cost_their_statements_plus_one_commit(db: Database, hops: collections.Counter[str]) -> None:
+async def test_submit_units_cost_their_statements_plus_one_commit(
+    threaded: Database, hops: collections.Counter[str]
+) -> None:
     async def unit(session: Any) -> None:
         await session.execute(insert(items), {"key": "by-unit"})
 
-    await db.submit(unit)
+    await threaded.submit(unit)
     assert sum(hops.values()) == 2, hops
+
+
+async def test_an_inline_write_costs_no_hop_and_executemany_goes_to_the_thread(
+    db: Database, hops: collections.Counter[str]
+) -> None:
+    """With its turn taken the writer runs BEGIN, statements, savepoints and COMMIT on the loop's thread;
+    executemany (bulk work) still goes to the connection's thread."""
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "a"})
+        async with session.begin_nested():
+            await session.execute(insert(items), {"key": "b"})
+        found = await session.scalar(select(items.c.id).where(items.c.key == "b"))
+    assert found is not None
+    assert sum(hops.values()) == 0, hops
+    await db.submit(insert(items), {"key": "submitted"})
+    assert sum(hops.values()) == 0, hops
+    async with db.write() as session:
+        await session.execute(insert(items), [{"key": f"m{n}"} for n in range(3)])
+    assert sum(hops.values()) == 1, hops
+    async with db.read() as session:
+        assert await session.scalar(text("SELECT count(*) FROM items")) == 7
+
+
+async def test_a_commit_that_fsyncs_goes_to_the_thread(tmp_path: Path, hops: collections.Counter[str]) -> None:
+    """At synchronous=FULL a WAL COMMIT waits for an fsync: that must not hold up the event loop."""
+    async with _warm_database(tmp_path, sqlite_synchronous="FULL") as db:
+        hops.clear()
+        async with db.write() as session:
+            await session.execute(insert(items), {"key": "full"})
+        assert sum(hops.values()) == 1, hops  # the statement inline, the COMMIT on the thread
+
+
+async def test_a_foreign_writer_makes_the_begin_wait_on_the_thread_not_on_the_loop(
+    db: Database, tmp_path: Path
+) -> None:
+    """A writer outside our lock file (the sqlite3 shell, a backup) holds the write lock: the inline BEGIN
+    does not wait, the thread does, and the event loop keeps running meanwhile."""
+    foreign = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+    foreign.execute("BEGIN IMMEDIATE")
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    async def write() -> None:
+        async with db.write() as session:
+            await session.execute(insert(items), {"key": "after-foreign"})
+
+    ticking = asyncio.create_task(ticker())
+    writing = asyncio.create_task(write())
+    await asyncio.sleep(0.3)
+    assert not writing.done()
+    assert ticks >= 20  # the loop was free while the BEGIN waited
+    foreign.execute("COMMIT")
+    foreign.close()
+    await writing
+    stop.set()
+    await ticking
+    async with db.raw() as driver:  # the inline attempt turned SQLite's busy wait off and back on
+        assert (await (await driver.execute("PRAGMA busy_timeout")).fetchone())[0] == 5000
+    async with db.read() as session:
+        assert await session.scalar(select(items.c.id).where(items.c.key == "after-foreign")) is not None

@@ -1,9 +1,11 @@
 """Write admission: how a SQLite writer waits for its turn, across tasks, threads of one loop, and processes.
 
-Order, before any SQL: a per-process FIFO `asyncio.Lock` (waiting costs no thread), then an exclusive
-`flock` on the sidecar `<db>-writelock` file so writers of other processes queue in the kernel instead of
-polling SQLite's busy handler (measured 1.8x throughput and 20-50x lower worst case across 4 processes),
-then `BEGIN IMMEDIATE` (see database.py). One deadline covers all three; past it, `WriteTimeout`.
+Order: the process's writer connection (FIFO), with which the writer prepares its statements; then, right
+before the first statement, the process's turn (a FIFO `asyncio.Lock`, waiting costs no thread) and
+an exclusive `flock` on the sidecar `<db>-writelock` file, so writers of other processes queue in the
+kernel instead of polling SQLite's busy handler (measured 1.8x throughput and 20-50x lower worst case
+across 4 processes); then `BEGIN IMMEDIATE` (see sqlite_driver). One deadline covers all of it; past it,
+`WriteTimeout`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 from dbfoundation.errors import DatabaseUnavailable, WriteTimeout
 
@@ -24,26 +27,38 @@ _MAX_RUN_S = 0.010  # or this many seconds, whichever comes first
 
 
 class WriteAdmission:
-    """The write slot of one SQLite file in this process.
+    """The write path of one SQLite file in this process: its writer connection and its write turn.
 
-    `slot()` yields the loop-time deadline by which the caller must have begun its transaction. The slot
-    is released in `finally`, so a cancelled or failing writer never leaks it; callers roll back before
-    leaving the `async with` block, so the next writer never meets a half-done transaction.
+    Two steps, so that what a writer does before its first statement does not hold up other processes:
+
+    - `acquire_local()`: this process's writer connection (FIFO). With it the writer opens its session
+      and lets the ORM build its statements; no SQL has run yet.
+    - `acquire_write()`: this process's turn (FIFO `asyncio.Lock`), then the lock file. The driver asks
+      for it right before the transaction's first statement (see sqlite_driver.PendingBegin), and
+      `release_write()` follows the COMMIT at once; the session's tidying up runs after.
+
+    Each step returns or takes the loop-time deadline by which the writer must have begun; past it,
+    `WriteTimeout`. Releases run in `finally`, so a cancelled or failing writer never leaks either.
     """
 
     def __init__(
-        self, database_path: Path, *, use_lock_file: bool, max_run: int = _MAX_RUN, max_run_s: float = _MAX_RUN_S
+        self,
+        database_path: Path,
+        *,
+        use_lock_file: bool,
+        max_run: int = _MAX_RUN,
+        max_run_s: float = _MAX_RUN_S,
     ) -> None:
         self.database_path = database_path
         self._max_run, self._max_run_s = max_run, max_run_s
+        self._connection = asyncio.Semaphore(1)  # FIFO since Python 3.11.1
         self._lock = asyncio.Lock()
         self._file_lock = _FileLock(Path(f"{database_path}-writelock")) if use_lock_file else None
         self._holder: str | None = None
-        self._waiters = 0  # tasks of this process queued on self._lock
+        self._waiters = 0  # writers of this process queued for a connection or for the turn
         self._file_held = False  # this process holds the lock file between two of its writers
         self._run_started = 0.0
         self._run_length = 0
-        self._started = 0.0  # loop time the current holder started waiting
 
     @property
     def lock_file(self) -> Path | None:
@@ -58,10 +73,10 @@ class WriteAdmission:
             self.release()
 
     async def acquire(self, timeout_s: float) -> float:
-        """Wait for the whole slot; return the loop-time deadline. A successful call needs one release()."""
+        """A connection and the turn at once; return the deadline. A successful call needs one release()."""
         deadline = await self.acquire_local(timeout_s)
         try:
-            await self.acquire_file(deadline)
+            await self.acquire_write(deadline)
         except BaseException:
             self.release_local()
             raise
@@ -69,51 +84,53 @@ class WriteAdmission:
 
     def release(self) -> None:
         try:
-            self.release_file()
+            self.release_write()
         finally:
             self.release_local()
 
     async def acquire_local(self, timeout_s: float) -> float:
-        """This process's turn (FIFO); return the loop-time deadline for the rest. Pair with release_local().
-
-        A writer may prepare its connection between acquire_local() and acquire_file(): only the lock
-        file excludes other processes, so their writers need not wait for that preparation.
-        """
+        """The writer connection of this process (FIFO); return the loop-time deadline for the rest."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
-        if self._waiters == 0 and not self._lock.locked():
-            await self._lock.acquire()  # free and nobody queued: taken at once, no timer to arm
+        if not self._connection.locked():
+            await self._connection.acquire()  # free and nobody queued: no timer to arm
         else:
-            self._waiters += 1
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._lock.acquire()
-            except BaseException as exc:
-                self._waiters -= 1
-                self._release_file_if_unused()
-                if isinstance(exc, TimeoutError):
-                    raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder) from None
-                raise
-            self._waiters -= 1
-        self._started = started
-        task = asyncio.current_task()
+            await self._wait(self._connection.acquire(), deadline, started)
+        task = asyncio.current_task()  # the one a queued writer waits for, named when it times out
         self._holder = f"task {task.get_name()} in pid {os.getpid()}" if task else f"pid {os.getpid()}"
         return deadline
 
-    async def acquire_file(self, deadline: float) -> None:
-        """The lock file, unless the previous writer of this process handed it over. Needs acquire_local()."""
-        if self._file_lock is not None and not self._file_held:
-            loop = asyncio.get_running_loop()
-            try:
-                await self._file_lock.acquire(deadline)
-            except TimeoutError:
-                holder = describe_flock_holder(self._file_lock.path) or "another process"
-                raise WriteTimeout(str(self.database_path), loop.time() - self._started, holder) from None
-            self._file_held, self._run_started, self._run_length = True, loop.time(), 0
+    def release_local(self) -> None:
+        self._holder = None
+        self._connection.release()
+        # A writer that never took its turn (it ran no statement) may still have been handed the lock file.
+        self._release_file_if_unused()
+
+    async def acquire_write(self, deadline: float) -> None:
+        """This process's turn, then the lock file unless the previous writer of this process handed it
+        over. Pair with release_write()."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self._waiters == 0 and not self._lock.locked():
+            await self._lock.acquire()
+        else:
+            await self._wait(self._lock.acquire(), deadline, started)
+        try:
+            if self._file_lock is not None and not self._file_held:
+                try:
+                    await self._file_lock.acquire(deadline)
+                except TimeoutError:
+                    holder = describe_flock_holder(self._file_lock.path) or "another process"
+                    raise WriteTimeout(str(self.database_path), loop.time() - started, holder) from None
+                self._file_held, self._run_started, self._run_length = True, loop.time(), 0
+        except BaseException:
+            self._lock.release()
+            self._release_file_if_unused()
+            raise
         self._run_length += 1
 
-    def release_file(self) -> None:
+    def release_write(self) -> None:
         """Done with the database file (committed or rolled back): let other processes in, unless a writer
         of this process is queued and the run is short, which then gets the file without a kernel wake-up
         and a thread hop. The run is bounded so writers of other processes get their turn within ms."""
@@ -124,12 +141,21 @@ class WriteAdmission:
         )
         if not keep:
             self._release_file()
-
-    def release_local(self) -> None:
-        self._holder = None
-        if self._waiters == 0:  # e.g. a writer that failed before acquire_file() kept a handed-over file
-            self._release_file()
         self._lock.release()
+
+    async def _wait(self, acquisition: Coroutine[Any, Any, bool], deadline: float, started: float) -> None:
+        self._waiters += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await acquisition
+        except BaseException as exc:
+            self._waiters -= 1
+            self._release_file_if_unused()
+            if isinstance(exc, TimeoutError):
+                waited = asyncio.get_running_loop().time() - started
+                raise WriteTimeout(str(self.database_path), waited, self._holder) from None
+            raise
+        self._waiters -= 1
 
     def _release_file(self) -> None:
         if self._file_lock is not None and self._file_held:
@@ -137,7 +163,7 @@ class WriteAdmission:
             self._file_lock.release()
 
     def _release_file_if_unused(self) -> None:
-        # A writer handed the lock file to this waiter, which gave up: nobody else will release it.
+        # The lock file was kept for a writer of this process that gave up: nobody else will release it.
         if self._waiters == 0 and not self._lock.locked():
             self._release_file()
 
@@ -258,12 +284,6 @@ class PoolGate:
                     "Raise DATABASE_POOL_SIZE / DATABASE_MAX_OVERFLOW, or keep sessions shorter.",
                 ) from None
         return loop.time() + timeout_s
-
-    async def acquire_file(self, deadline: float) -> None:
-        pass  # the server arbitrates writers
-
-    def release_file(self) -> None:
-        pass
 
     def release_local(self) -> None:
         self._semaphore.release()

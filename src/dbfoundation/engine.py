@@ -27,7 +27,8 @@ from dbfoundation.sqlite_driver import OneHopConnection, PendingBegin, adapted_d
 
 __all__ = ["BEGIN_LIMITS_KEY", "Engines", "build_engines", "build_migration_engine", "connect_asyncpg"]
 
-# connection.info key: (time.monotonic() deadline, busy_timeout ms) for the next BEGIN IMMEDIATE's retries.
+# connection.info key: keyword arguments of the next transaction's PendingBegin (its deadline, busy timeout,
+# and the writer's admission hooks).
 BEGIN_LIMITS_KEY = "dbf_begin_limits"
 
 
@@ -77,7 +78,12 @@ def _sqlite_engine(
     engine = create_async_engine(
         settings.async_url,
         # The busy timeout must be in force before any PRAGMA runs; connect(timeout=) does that.
-        connect_args={"timeout": settings.sqlite_busy_timeout},
+        # The writer's statements may run on the event loop's thread (DATABASE_SQLITE_INLINE_WRITES); the
+        # connection is still used by one thread at a time, one transaction at a time.
+        connect_args={
+            "timeout": settings.sqlite_busy_timeout,
+            "check_same_thread": reader or migrations or not settings.sqlite_inline_writes,
+        },
         module=adapted_dbapi(),
         **pool_options,
         **_common_options(settings),
@@ -98,8 +104,7 @@ def _sqlite_engine(
         if not isinstance(adapted, OneHopConnection):  # another adapter (never ours, but be safe): plain path
             connection.exec_driver_sql(begin_sql)
             return
-        limits = connection.info.pop(BEGIN_LIMITS_KEY, (None, None))
-        adapted.defer_begin(PendingBegin(begin_sql, deadline=limits[0], busy_timeout_ms=limits[1]))
+        adapted.defer_begin(PendingBegin(begin_sql, **connection.info.pop(BEGIN_LIMITS_KEY, {})))
         if migrations:
             await_(adapted.begin_now())
 

@@ -144,6 +144,11 @@ class DatabaseSettings(BaseSettings):
     """SQLite: bytes the WAL is truncated to after a checkpoint (-1: no limit)."""
     sqlite_readers: int = Field(default=4, ge=1, le=64)
     """SQLite: reader connections per process (each is a thread); the writer is always one."""
+    sqlite_inline_writes: bool = True
+    """SQLite: once a writer has its turn, run its statements (and, in WAL at synchronous NORMAL or OFF,
+    its COMMIT) on the event loop's thread instead of a thread hop each: ~1.4x writes/s. A statement then
+    holds up the loop while it runs, so turn it off if write transactions run long statements;
+    executemany, and a BEGIN that meets a writer outside dbfoundation, always go to the thread."""
     sqlite_lock_file: bool = True
     """SQLite: serialise writers of all processes on the <db>-writelock file (local filesystems only)."""
     sqlite_checkpoint_interval: float = Field(default=10.0, ge=0)

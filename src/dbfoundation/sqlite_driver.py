@@ -12,6 +12,11 @@ two hops (BEGIN + statement, COMMIT) instead of three, and a transaction that ra
 A BEGIN IMMEDIATE that meets SQLITE_BUSY (only a writer outside our lock file can cause it) is retried
 on the thread until the caller's deadline, then raised as `BeginBusy`.
 
+A writer whose turn is taken (PendingBegin.admit) can skip the hops altogether (`inline`): no SQLite lock
+can be waited for then, so BEGIN, its statements and, in WAL at synchronous NORMAL, its COMMIT run on the
+event loop's thread in microseconds each. executemany, a COMMIT that fsyncs, and a BEGIN that meets a
+writer outside our lock file (tried with the busy wait off) still go to the thread.
+
 Installed with `create_async_engine(url, module=adapted_dbapi())`: the dialect stays
 `sqlite+aiosqlite`, and `db.raw()` still hands out the plain aiosqlite connection (after `begin_now()`).
 """
@@ -22,6 +27,7 @@ import random
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +60,20 @@ class BeginBusy(sqlite3.OperationalError):
 
 @dataclass
 class PendingBegin:
-    """A BEGIN to run on the thread right before the transaction's first statement."""
+    """A BEGIN to run on the thread right before the transaction's first statement.
+
+    `admit` is awaited on the loop before that statement is sent (the writer's turn, see admission.py),
+    so whatever the caller and the ORM do before their first statement does not hold up other writers;
+    `done` is called right after a successful COMMIT, before the session tidies up.
+    """
 
     sql: str
     deadline: float | None = None  # time.monotonic() until which SQLITE_BUSY is retried (None: no retry)
     busy_timeout_ms: int | None = None  # the configured busy timeout, shortened to fit the deadline
+    admit: Callable[[], Awaitable[None]] | None = None
+    done: Callable[[], None] | None = None
+    inline: bool = False  # once admitted, run statements on the calling (event loop) thread
+    inline_commit: bool = False  # the COMMIT too (it writes the WAL without an fsync)
 
 
 def _commit(raw: sqlite3.Connection, prelude: list[str]) -> None:
@@ -85,6 +100,25 @@ def _begin(raw: sqlite3.Connection, begin: PendingBegin, state: dict[str, int]) 
             if time.monotonic() >= begin.deadline:
                 raise BeginBusy(time.monotonic() - started) from exc
         time.sleep(random.uniform(0.001, 0.005))  # noqa: S311 - jitter, not cryptography
+
+
+def _begin_without_waiting(raw: sqlite3.Connection, begin: PendingBegin, state: dict[str, int]) -> bool:
+    """The BEGIN on the caller's thread with SQLite's busy wait off: False, and no transaction, when another
+    connection holds the write lock (only a writer outside our lock file can); the thread path then waits."""
+    if begin.busy_timeout_ms is None:  # nothing to restore the busy timeout to: let the thread begin
+        return False
+    raw.execute("PRAGMA busy_timeout = 0").close()
+    try:
+        raw.execute(begin.sql).close()
+    except sqlite3.OperationalError as exc:
+        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) != _SQLITE_BUSY:
+            raise
+        return False
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {begin.busy_timeout_ms}").close()
+        state["busy_timeout_ms"] = begin.busy_timeout_ms
+    state["began"] = 1
+    return True
 
 
 def _run_prelude(
@@ -121,6 +155,10 @@ def _run_statement(
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+
+
+async def _no_wait() -> None:
+    pass
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -179,11 +217,25 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             return
         connection = self._connection
         begin = adapted._pending_begin
+        if begin is not None and begin.admit is not None:
+            await_(begin.admit())  # may raise WriteTimeout: nothing ran, the BEGIN stays pending
+            adapted._on_commit = begin.done
+            adapted._inline, adapted._inline_commit = begin.inline, begin.inline_commit
         prelude, adapted._prelude = adapted._prelude, []
-        adapted._thread_state.pop("began", None)
-        args = (connection._conn, begin, adapted._thread_state, prelude, operation, parameters, many)
+        state = adapted._thread_state
+        state.pop("began", None)
+        raw = connection._conn
         try:
-            outcome = await_(connection._execute(_run_statement, *args))
+            if adapted._inline and not many and (begin is None or _begin_without_waiting(raw, begin, state)):
+                # The writer's turn is taken, so no SQLite lock can be waited for: the statement costs
+                # microseconds here, less than the hop to the thread would.
+                outcome = _run_statement(raw, None, state, prelude, operation, parameters, many)
+                await_(_no_wait())  # AsyncConnection.execute requires one await; this one never yields
+            else:
+                if state.get("began"):  # began here, but the statement goes to the thread (executemany)
+                    begin = None
+                args = (raw, begin, state, prelude, operation, parameters, many)
+                outcome = await_(connection._execute(_run_statement, *args))
         except Exception as error:
             if begin is None or adapted._thread_state.get("began"):
                 adapted._pending_begin = None  # else BEGIN itself failed: rollback() has nothing to end
@@ -202,7 +254,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """The adapted connection: one-hop cursors, and a BEGIN that waits for the first statement."""
 
-    __slots__ = ("_pending_begin", "_prelude", "_thread_state")
+    __slots__ = ("_inline", "_inline_commit", "_on_commit", "_pending_begin", "_prelude", "_thread_state")
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
@@ -210,14 +262,21 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._pending_begin: PendingBegin | None = None
         self._prelude: list[str] = []  # savepoint statements waiting for the next statement or the COMMIT
         self._thread_state: dict[str, int] = {}  # written on the aiosqlite thread, read after its hop
+        self._on_commit: Callable[[], None] | None = None  # the admitted transaction's PendingBegin.done
+        self._inline = self._inline_commit = False  # the admitted transaction's PendingBegin.inline*
 
     def defer_begin(self, begin: PendingBegin) -> None:
         self._pending_begin = begin
+        self._on_commit = None
+        self._inline = self._inline_commit = False
 
     async def begin_now(self) -> None:
         """Run a pending BEGIN and savepoint statements (one hop), for code about to use the aiosqlite
         connection directly."""
         begin, prelude = self._pending_begin, self._prelude
+        if begin is not None and begin.admit is not None:
+            await begin.admit()
+            self._on_commit = begin.done  # the caller uses the aiosqlite connection: no inline statements
         if begin is not None or prelude:
             self._prelude = []
             await self._connection._execute(_run_prelude, self._connection._conn, begin, self._thread_state, prelude)
@@ -226,6 +285,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     async def rollback_now(self) -> None:
         """End the transaction at the driver (a no-op when its BEGIN never ran), outside SQLAlchemy."""
         self._prelude = []
+        self._on_commit = None
+        self._inline = self._inline_commit = False
         if self._pending_begin is not None:
             self._pending_begin = None
             return
@@ -236,16 +297,25 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._pending_begin is not None:  # nothing ran: there is no transaction to commit
             self._pending_begin = None
             return
-        if not prelude:
-            super().commit()
-            return
-        try:  # the last RELEASE (or ROLLBACK TO) and the COMMIT in one hop
-            await_(self._connection._execute(_commit, self._connection._conn, prelude))
+        inline = self._inline and self._inline_commit
+        self._inline = self._inline_commit = False
+        try:
+            if inline:
+                _commit(self._connection._conn, prelude)
+            elif not prelude:
+                await_(self._connection.commit())
+            else:  # the last RELEASE (or ROLLBACK TO) and the COMMIT in one hop
+                await_(self._connection._execute(_commit, self._connection._conn, prelude))
         except Exception as error:
             self._handle_exception(error)
+        done, self._on_commit = self._on_commit, None
+        if done is not None:  # committed: the next writer may begin while this one tidies up
+            done()
 
     def rollback(self) -> None:
         self._prelude = []  # whatever the savepoint statements would have done, the rollback undoes
+        self._on_commit = None  # the owner releases its turn after a rollback itself
+        self._inline = self._inline_commit = False
         if self._pending_begin is not None:
             self._pending_begin = None
             return

@@ -2,11 +2,12 @@
 
 Every writer is serialised, so whatever a write costs between taking the slot and freeing it is paid by
 every writer queued behind it. The profile of the first version showed nine greenlet spawns and a task
-per write besides the statements. This scope takes the slot, checks out the writer connection and
-begins in one greenlet (on SQLite the BEGIN itself waits for the first statement, see sqlite_driver),
-hands out the session, and commits, closes and checks the connection back in in one more greenlet. Only
-the error path pays for more: it runs to completion even if the task is cancelled (see session.py), and
-the transaction is rolled back at the driver before the slot is freed.
+per write besides the statements. This scope waits for the connection, checks it out and begins in one
+greenlet (on SQLite the BEGIN, and the writer's turn across processes, wait for the first statement, see
+sqlite_driver), hands out the session, and commits, closes and checks the connection back in in one more
+greenlet; the SQLite turn ends right after the COMMIT. Only the error path pays for more: it runs to
+completion even if the task is cancelled (see session.py), and the transaction is rolled back at the
+driver before the slot is freed.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FOREIGN_WRITER = "a writer outside dbfoundation's lock file (e.g. the sqlite3 sh
 Handle = TypeVar("Handle", AsyncSession, AsyncConnection)
 
 
-def _checkout_and_begin(engine: Any, limits: tuple[float, int] | None) -> Connection:
+def _checkout_and_begin(engine: Any, limits: dict[str, Any] | None) -> Connection:
     connection: Connection = engine.connect()
     try:
         if limits is not None:
@@ -47,6 +48,13 @@ def _checkout_and_begin(engine: Any, limits: tuple[float, int] | None) -> Connec
         connection.close()
         raise
     return connection
+
+
+def _inline_options(settings: DatabaseSettings) -> dict[str, bool]:
+    # In WAL mode a statement never writes the database file, and at synchronous NORMAL or OFF a COMMIT
+    # appends to the WAL and returns: the fsync waits for the checkpoint, which has its own thread.
+    inline = settings.sqlite_inline_writes and settings.sqlite_journal_mode == "WAL"
+    return {"inline": inline, "inline_commit": inline and settings.sqlite_synchronous in ("NORMAL", "OFF")}
 
 
 def _commit_and_close(session: Session | None, connection: Connection, committed: Callable[[], None]) -> None:
@@ -90,11 +98,12 @@ class TransactionScope(Generic[Handle]):
         "_admission",
         "_commit",
         "_connection",
+        "_deadline",
         "_engine",
-        "_file_released",
         "_session",
         "_settings",
         "_timeout_s",
+        "_turn_held",
         "_where",
     )
 
@@ -117,18 +126,26 @@ class TransactionScope(Generic[Handle]):
         self._commit = commit
         self._timeout_s = settings.write_timeout if timeout_s is None else timeout_s
         self._connection: Connection | None = None
-        self._file_released = False
+        self._deadline = 0.0
+        self._turn_held = False
 
     async def __aenter__(self) -> Handle:
-        # Order: this process's turn, the connection and session (no SQL yet, and the BEGIN waits for the
-        # first statement), then the lock file. Other processes' writers wait only for what needs the file.
+        # Order: a connection (a pooled one, or on SQLite one of the writer connections) and the session.
+        # No SQL yet: on SQLite the BEGIN and the writer's turn wait for the first statement (see
+        # _take_turn), so other writers wait only for what needs the database file.
         admission = self._admission
         limits = None
         if admission is not None:
-            deadline = await admission.acquire_local(self._timeout_s)
+            self._deadline = await admission.acquire_local(self._timeout_s)
         if isinstance(admission, WriteAdmission):  # the SQLite writer: BEGIN IMMEDIATE retries until the deadline
-            remaining = deadline - asyncio.get_running_loop().time()
-            limits = (time.monotonic() + remaining, round(self._settings.sqlite_busy_timeout * 1000))
+            remaining = self._deadline - asyncio.get_running_loop().time()
+            limits = {
+                "deadline": time.monotonic() + remaining,
+                "busy_timeout_ms": round(self._settings.sqlite_busy_timeout * 1000),
+                "admit": self._take_turn,
+                "done": self._end_turn,
+                **_inline_options(self._settings),
+            }
         try:
             self._connection = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits)
         except BaseException as exc:
@@ -145,19 +162,19 @@ class TransactionScope(Generic[Handle]):
             self._session = handle.sync_session
         else:
             self._session = None
-        if admission is not None:
-            try:
-                await admission.acquire_file(deadline)
-            except BaseException:
-                await run_to_completion(lambda: greenlet_spawn(_rollback_and_close, None, self._connection))
-                admission.release_local()
-                raise
         return handle  # type: ignore[no-any-return]
 
-    def _release_file(self) -> None:
-        if self._admission is not None and not self._file_released:
-            self._file_released = True
-            self._admission.release_file()
+    async def _take_turn(self) -> None:
+        """The SQLite writer's turn, asked for by the driver right before the first statement."""
+        if not self._turn_held and isinstance(self._admission, WriteAdmission):
+            await self._admission.acquire_write(self._deadline)
+            self._turn_held = True
+
+    def _end_turn(self) -> None:
+        """Called by the driver right after the COMMIT, and on every way out (idempotent)."""
+        if self._turn_held and isinstance(self._admission, WriteAdmission):
+            self._turn_held = False
+            self._admission.release_write()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -170,14 +187,14 @@ class TransactionScope(Generic[Handle]):
         try:
             if exc is None and self._commit:
                 try:
-                    await greenlet_spawn(_commit_and_close, session, connection, self._release_file)
+                    await greenlet_spawn(_commit_and_close, session, connection, self._end_turn)
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
             await run_to_completion(lambda: greenlet_spawn(_rollback_and_close, session, connection))
         finally:
             if admission is not None:
-                self._release_file()
+                self._end_turn()
                 admission.release_local()
         if exc is None:
             return
