@@ -22,7 +22,6 @@ from sqlalchemy import text
 
 import _workers
 from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout
-from dbfoundation.admission import WriteAdmission
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -334,7 +333,7 @@ def _lock_file_is_free(path: Path) -> bool:
 
 
 async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_path: Path) -> None:
-    """A burst of local writers may pass the lock file along, but it is free again once they are done."""
+    """After a burst of local writers the lock file is free."""
     url = _make_hits(tmp_path / "app.db")
     async with Database.from_url(url) as db:
 
@@ -346,69 +345,48 @@ async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_pat
         assert _lock_file_is_free(tmp_path / "app.db")
 
 
-async def test_a_waiter_that_gives_up_after_being_handed_the_lock_file_gives_it_back(tmp_path: Path) -> None:
-    """A writer cancelled just as the slot passes to it (with the lock file) releases the lock file."""
-    admission = WriteAdmission(tmp_path / "app.db", use_lock_file=True, max_run_s=60.0)
-    release = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def holder() -> None:
-        async with admission.slot(10.0):
-            await release.wait()
-        # The slot has just passed to the queued waiter, with the lock file; it has not run yet.
-        tasks[0].cancel()
-
-    async def waiter() -> None:
-        async with admission.slot(10.0):
-            raise AssertionError("the waiter was cancelled before its turn")
-
-    first = asyncio.create_task(holder())
-    await asyncio.sleep(0)
-    tasks.append(asyncio.create_task(waiter()))
-    await asyncio.sleep(0)  # the waiter is queued, so the holder keeps the lock file for it
-    assert not _lock_file_is_free(tmp_path / "app.db")
-    release.set()
-    await first
-    with pytest.raises(asyncio.CancelledError):
-        await tasks[0]
-    assert _lock_file_is_free(tmp_path / "app.db")
-    admission.close()
-
-
-async def test_writers_of_one_process_keep_the_lock_file_only_for_a_short_run(tmp_path: Path) -> None:
-    """With writers queued, the lock file passes along at most max_run writers, then goes back to the kernel."""
-    admission = WriteAdmission(tmp_path / "app.db", use_lock_file=True, max_run=3, max_run_s=60.0)
-    free_after: list[bool] = []
-
-    async def writer() -> None:
-        async with admission.slot(10.0):
-            await asyncio.sleep(0)
-        free_after.append(_lock_file_is_free(tmp_path / "app.db"))
-
-    await asyncio.gather(*(writer() for _ in range(7)))
-    # Writers 3 and 6 end a run of three and give the file back; the 7th is the last one, so it does too.
-    assert free_after == [False, False, True, False, False, True, True]
-    admission.close()
-
-
-async def test_a_writer_that_runs_no_statement_gives_back_a_lock_file_handed_to_it(tmp_path: Path) -> None:
-    """The lock file passes along with the writer connection to a queued writer; if that writer ends without
-    a statement (so it never takes its turn), the lock file still goes back to other processes."""
+async def test_the_lock_file_is_held_from_the_first_statement_to_the_commit(tmp_path: Path) -> None:
+    """What a block does before its first statement holds up no other process; a block that runs no
+    statement never takes the lock file; the COMMIT gives it back before the block's session is tidied."""
     url = _make_hits(tmp_path / "app.db")
+    lock_path = tmp_path / "app.db"
     async with Database.from_url(url) as db:
-        wrote = asyncio.Event()
+        async with db.write() as session:
+            assert _lock_file_is_free(lock_path)
+            await session.execute(text("INSERT INTO hits VALUES (1)"))
+            assert not _lock_file_is_free(lock_path)
+        assert _lock_file_is_free(lock_path)
+        async with db.write():
+            assert _lock_file_is_free(lock_path)
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM hits")) == 1
 
-        async def writes() -> None:
-            async with db.write() as session:
-                await session.execute(text("INSERT INTO hits VALUES (1)"))
-                wrote.set()
-                for _ in range(3):  # the empty writer queues behind: the lock file is kept for it
-                    await asyncio.sleep(0)
 
-        async def writes_nothing() -> None:
-            await wrote.wait()
-            async with db.write():
-                pass
+async def test_a_writer_cancelled_while_waiting_for_the_lock_file_leaves_it_free(tmp_path: Path) -> None:
+    """Cancelled at its first statement, queued behind another process's flock: once that process lets
+    go the abandoned wait gives the lock file back, and the next writer goes straight in."""
+    url = _make_hits(tmp_path / "app.db")
+    other = os.open(f"{tmp_path / 'app.db'}-writelock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer holds the turn
+    try:
+        async with Database.from_url(url) as db:
 
-        await asyncio.gather(writes(), writes_nothing())
+            async def writer() -> None:
+                async with db.write() as session:
+                    await session.execute(text("INSERT INTO hits VALUES (1)"))
+
+            waiting = asyncio.create_task(writer())
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            fcntl.flock(other, fcntl.LOCK_UN)
+            async with asyncio.timeout(5):
+                async with db.write() as session:
+                    await session.execute(text("INSERT INTO hits VALUES (2)"))
+            async with db.read() as session:
+                assert list(await session.scalars(text("SELECT n FROM hits"))) == [2]
         assert _lock_file_is_free(tmp_path / "app.db")
+    finally:
+        os.close(other)
