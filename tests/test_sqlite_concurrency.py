@@ -390,3 +390,22 @@ async def test_a_writer_cancelled_while_waiting_for_the_lock_file_leaves_it_free
         assert _lock_file_is_free(tmp_path / "app.db")
     finally:
         os.close(other)
+
+
+async def test_a_connection_block_that_commits_and_goes_on_takes_its_turn_again(tmp_path: Path) -> None:
+    """db.connection() may commit and keep writing: the second transaction takes the lock file again (and
+    runs inline again), and the connection goes back to the pool without the scope's hooks."""
+    url = _make_hits(tmp_path / "app.db")
+    lock_path = tmp_path / "app.db"
+    async with Database.from_url(url) as db:
+        async with db.connection() as connection:
+            await connection.execute(text("INSERT INTO hits VALUES (1)"))
+            await connection.commit()
+            assert _lock_file_is_free(lock_path)
+            await connection.execute(text("INSERT INTO hits VALUES (2)"))
+            assert not _lock_file_is_free(lock_path)
+        assert _lock_file_is_free(lock_path)
+        async with db.engines.writer.connect() as plain:  # outside any scope: no stale limits left behind
+            assert "dbf_begin_limits" not in plain.info
+        async with db.read() as session:
+            assert list(await session.scalars(text("SELECT n FROM hits ORDER BY n"))) == [1, 2]

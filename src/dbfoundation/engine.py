@@ -27,8 +27,8 @@ from dbfoundation.sqlite_driver import OneHopConnection, PendingBegin, adapted_d
 
 __all__ = ["BEGIN_LIMITS_KEY", "Engines", "build_engines", "build_migration_engine", "connect_asyncpg"]
 
-# connection.info key: keyword arguments of the next transaction's PendingBegin (its deadline, busy timeout,
-# and the writer's admission hooks).
+# connection.info key: keyword arguments of the PendingBegin of each transaction the checked-out connection
+# begins (deadline, busy timeout, the writer's admission hooks); set and removed by TransactionScope.
 BEGIN_LIMITS_KEY = "dbf_begin_limits"
 
 
@@ -104,7 +104,8 @@ def _sqlite_engine(
         if not isinstance(adapted, OneHopConnection):  # another adapter (never ours, but be safe): plain path
             connection.exec_driver_sql(begin_sql)
             return
-        adapted.defer_begin(PendingBegin(begin_sql, **connection.info.pop(BEGIN_LIMITS_KEY, {})))
+        # .get, not .pop: a block that commits and goes on begins again under the same scope's limits.
+        adapted.defer_begin(PendingBegin(begin_sql, **connection.info.get(BEGIN_LIMITS_KEY, {})))
         if migrations:
             await_(adapted.begin_now())
 

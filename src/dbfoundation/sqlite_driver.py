@@ -231,9 +231,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                 # microseconds here, less than the hop to the thread would.
                 outcome = _run_statement(raw, None, state, prelude, operation, parameters, many)
                 await_(_no_wait())  # AsyncConnection.execute requires one await; this one never yields
-            else:
-                if state.get("began"):  # began here, but the statement goes to the thread (executemany)
-                    begin = None
+            else:  # the thread path: no turn (readers, migrations), executemany, or an outside writer
                 args = (raw, begin, state, prelude, operation, parameters, many)
                 outcome = await_(connection._execute(_run_statement, *args))
         except Exception as error:

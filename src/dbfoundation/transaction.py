@@ -45,6 +45,7 @@ def _checkout_and_begin(engine: Any, limits: dict[str, Any] | None) -> Connectio
             connection.info[BEGIN_LIMITS_KEY] = limits
         connection.begin()  # on SQLite only recorded: BEGIN runs with the first statement
     except BaseException:
+        connection.info.pop(BEGIN_LIMITS_KEY, None)
         connection.close()
         raise
     return connection
@@ -65,6 +66,7 @@ def _commit_and_close(session: Session | None, connection: Connection, committed
     committed()  # other processes' writers may go on while this one tidies up
     if session is not None:
         session.close()
+    connection.info.pop(BEGIN_LIMITS_KEY, None)  # the info dict stays with the pooled connection
     connection.close()  # an untouched transaction is rolled back here, which costs nothing if BEGIN never ran
 
 
@@ -81,6 +83,8 @@ def _rollback_and_close(session: Session | None, connection: Connection) -> None
             adapted = connection.connection.dbapi_connection
             if adapted is not None:
                 adapted.rollback()
+    with contextlib.suppress(Exception):
+        connection.info.pop(BEGIN_LIMITS_KEY, None)
     with contextlib.suppress(Exception):
         connection.close()
 
@@ -130,7 +134,7 @@ class TransactionScope(Generic[Handle]):
         self._turn_held = False
 
     async def __aenter__(self) -> Handle:
-        # Order: a connection (a pooled one, or on SQLite one of the writer connections) and the session.
+        # Order: a connection (a pooled one, or on SQLite the writer connection) and the session.
         # No SQL yet: on SQLite the BEGIN and the writer's turn wait for the first statement (see
         # _take_turn), so other writers wait only for what needs the database file.
         admission = self._admission
@@ -171,10 +175,16 @@ class TransactionScope(Generic[Handle]):
             self._turn_held = True
 
     def _end_turn(self) -> None:
-        """Called by the driver right after the COMMIT, and on every way out (idempotent)."""
+        """Called by the driver right after the COMMIT, and on every way out (idempotent). A block that
+        commits and goes on (db.connection()) asks for its turn again, with a fresh deadline."""
         if self._turn_held and isinstance(self._admission, WriteAdmission):
             self._turn_held = False
             self._admission.release_write()
+            self._deadline = asyncio.get_running_loop().time() + self._timeout_s
+            if self._connection is not None and not self._connection.closed:
+                limits = self._connection.info.get(BEGIN_LIMITS_KEY)
+                if limits is not None:
+                    limits["deadline"] = time.monotonic() + self._timeout_s
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
