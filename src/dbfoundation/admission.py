@@ -2,9 +2,10 @@
 
 Order: the process's writer connection (FIFO, waiting costs no thread), with which the writer prepares its
 statements; then, right before the first statement, an exclusive `flock` on the sidecar `<db>-writelock`
-file, so writers of other processes queue in the kernel instead of polling SQLite's busy handler
-(measured 1.8x throughput and 20-50x lower worst case across 4 processes); then `BEGIN IMMEDIATE` (see
-sqlite_driver). One deadline covers all of it; past it, `WriteTimeout`.
+file, so writers of other processes wait on the kernel (a worker thread blocks until the file is free)
+instead of polling SQLite's busy handler (measured 1.8x throughput and 20-50x lower worst case across 4
+processes); then `BEGIN IMMEDIATE` (see sqlite_driver). One deadline covers all of it; past it,
+`WriteTimeout`.
 """
 
 from __future__ import annotations
@@ -120,64 +121,59 @@ class WriteAdmission:
 
 
 class _FileLock:
-    """An exclusive flock whose blocking wait runs on a worker thread and survives an abandoned waiter.
+    """An exclusive flock taken on the event loop's thread, with the waiting done on a worker thread.
 
-    A blocking `flock` in a thread cannot be cancelled. When a waiter gives up (deadline, cancellation)
-    the pending acquisition is kept: the next waiter of this process (there is at most one at a time,
-    behind the writer connection) takes it over, and if nobody does, the lock is released the moment the
-    thread gets it. So a timed-out writer never leaves the file locked behind it.
+    The lock itself is only ever taken with a non-blocking `flock` on the loop, right when the writer runs,
+    so the holder uses it at once and gives it back right after its COMMIT. When it is taken, a worker
+    thread blocks on its own descriptor until the lock is free, lets go of it at once, and wakes the
+    loop, which tries again. Letting that thread keep the lock instead held it while the writer waited
+    for its loop to come round (busy with other requests): in a read-mostly workload over 4 processes a
+    write's p99 went from ~0.7 s to ~0.15-0.2 s, and check-then-insert ran ~20 % faster, this way.
+    The thread never holds the lock past its own two calls, so a waiter that gives up leaves nothing.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
-        self._pending: asyncio.Future[None] | None = None
-        self._waiting = False
+        self._fd: int | None = None  # the descriptor the lock is held on
+        self._waiter_fd: int | None = None  # the worker thread's, to wait on
+        self._free: asyncio.Future[None] | None = None  # resolves when the lock was free a moment ago
 
-    def _descriptor(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        return self._fd
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     async def acquire(self, deadline: float) -> None:
-        fd = self._descriptor()
-        if self._pending is None:
+        if self._fd is None:
+            self._fd = self._open()
+        while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a syscall that never waits
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a syscall that never waits
                 return
             except BlockingIOError:
                 pass
-            self._pending = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
-            self._pending.add_done_callback(self._release_if_abandoned)
-        pending = self._pending
-        self._waiting = True
-        try:
+            free = self._free
+            if free is None or free.done():
+                if self._waiter_fd is None:
+                    self._waiter_fd = self._open()
+                free = self._free = asyncio.ensure_future(asyncio.to_thread(_wait_until_free, self._waiter_fd))
             async with asyncio.timeout_at(deadline):
-                await asyncio.shield(pending)
-        except BaseException:
-            self._waiting = False
-            if pending.done():
-                # The thread got the lock just as we gave up: nobody will use it, so give it back.
-                self._release_if_abandoned(pending)
-            raise
-        self._waiting = False
-        self._pending = None
-
-    def _release_if_abandoned(self, pending: asyncio.Future[None]) -> None:
-        if self._waiting or pending is not self._pending:
-            return
-        self._pending = None
-        if not pending.cancelled() and pending.exception() is None and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+                await asyncio.shield(free)  # a waiter that gives up leaves the wait to the next one
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        if self._fd is not None and self._pending is None:
+        if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._waiter_fd is not None and (self._free is None or self._free.done()):
+            os.close(self._waiter_fd)  # else its thread still blocks on it; the process exit closes it
+            self._waiter_fd = None
+
+
+def _wait_until_free(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def describe_flock_holder(path: Path) -> str | None:
