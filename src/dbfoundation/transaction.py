@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -58,12 +57,13 @@ def _inline_options(settings: DatabaseSettings) -> dict[str, bool]:
     return {"inline": inline, "inline_commit": inline and settings.sqlite_synchronous in ("NORMAL", "OFF")}
 
 
-def _commit_and_close(session: Session | None, connection: Connection, committed: Callable[[], None]) -> None:
+def _commit_and_close(session: Session | None, connection: Connection) -> None:
+    # On SQLite the driver ends the writer's turn right after the COMMIT (PendingBegin.done), before this
+    # tidies up, so other processes' writers need not wait for it.
     if session is not None:
         session.commit()  # flush + COMMIT of the connection's transaction (join_transaction_mode control_fully)
     else:
         connection.commit()
-    committed()  # other processes' writers may go on while this one tidies up
     if session is not None:
         session.close()
     connection.info.pop(BEGIN_LIMITS_KEY, None)  # the info dict stays with the pooled connection
@@ -197,7 +197,7 @@ class TransactionScope(Generic[Handle]):
         try:
             if exc is None and self._commit:
                 try:
-                    await greenlet_spawn(_commit_and_close, session, connection, self._end_turn)
+                    await greenlet_spawn(_commit_and_close, session, connection)
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
