@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite.core
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from dbfoundation import Database, DuplicateKeyError
@@ -246,3 +246,79 @@ async def test_a_foreign_writer_makes_the_begin_wait_on_the_thread_not_on_the_lo
         assert (await (await driver.execute("PRAGMA busy_timeout")).fetchone())[0] == 5000
     async with db.read() as session:
         assert await session.scalar(select(items.c.id).where(items.c.key == "after-foreign")) is not None
+
+
+@pytest.fixture
+def pool_events(db: Database) -> collections.Counter[str]:
+    """Checkouts and checkins of the writer pool."""
+    counts: collections.Counter[str] = collections.Counter()
+    for name in ("checkout", "checkin"):
+        event.listen(db.engines.writer.sync_engine, name, lambda *_, name=name: counts.update([name]))
+    return counts
+
+
+async def test_writes_keep_the_writer_connection_between_them(
+    db: Database, pool_events: collections.Counter[str]
+) -> None:
+    """The writer's connection stays checked out from one write to the next: no checkout, no checkin, and the
+    same sqlite3 connection runs every transaction."""
+    seen = set()
+    for n in range(5):
+        async with db.write() as session:
+            await session.execute(insert(items), {"key": f"kept{n}"})
+            raw = await (await session.connection()).get_raw_connection()
+            seen.add(id(raw.driver_connection))
+    async with db.connection() as connection:
+        await connection.execute(insert(items), {"key": "core"})
+    async with db.write():
+        pass  # a write that ran nothing commits nothing and keeps the connection too
+    assert pool_events == {}, pool_events
+    assert len(seen) == 1
+    async with db.read() as session:
+        assert len(list(await session.scalars(select(items.c.key).where(items.c.key.like("kept%"))))) == 5
+
+
+async def test_a_write_the_rollback_undid_keeps_the_connection_and_leaves_nothing(
+    db: Database, pool_events: collections.Counter[str]
+) -> None:
+    """A duplicate key (ORM session) and an exception in a Core block: both rolled back in full, and the
+    connection, clean again, stays held for the next write."""
+    with pytest.raises(DuplicateKeyError):
+        async with db.write() as session:
+            await session.execute(insert(items), {"key": "half"})
+            await session.execute(insert(items), {"key": "warm"})
+    with pytest.raises(ValueError, match="block failed"):
+        async with db.connection() as connection:
+            await connection.execute(insert(items), {"key": "core-half"})
+            raise ValueError("block failed")
+    assert db._admission is not None
+    assert db._admission.held is not None
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "after-failures"})
+    assert pool_events == {}, pool_events
+    async with db.read() as session:
+        assert sorted(await session.scalars(select(items.c.key))) == ["after-failures", "warm"]
+
+
+async def test_an_invalidated_held_connection_is_replaced_before_the_next_write(db: Database) -> None:
+    assert db._admission is not None
+    assert db._admission.held is not None
+    await db._admission.held.invalidate()  # as after a disconnect error outside any transaction
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "on-a-new-connection"})
+    async with db.read() as session:
+        assert await session.scalar(select(items.c.id).where(items.c.key == "on-a-new-connection")) is not None
+
+
+async def test_the_writer_engine_still_hands_out_a_connection_while_one_is_held(db: Database) -> None:
+    """Code that asks the writer engine for its own connection (the pytest plugin's outer transaction) gets
+    one at once instead of waiting for the pool timeout behind the held connection."""
+    async with asyncio.timeout(2), db.engines.writer.connect() as own:
+        assert (await own.execute(text("SELECT count(*) FROM items"))).scalar_one() == 1
+
+
+async def test_stop_checks_the_held_connection_back_in(tmp_path: Path) -> None:
+    async with _warm_database(tmp_path) as db:
+        pool = db.engines.writer.pool
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]

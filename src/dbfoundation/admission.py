@@ -16,6 +16,7 @@ import fcntl
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from dbfoundation.errors import DatabaseUnavailable, WriteTimeout
 
@@ -35,6 +36,9 @@ class WriteAdmission:
 
     Each step returns or takes the loop-time deadline by which the writer must have begun; past it,
     `WriteTimeout`. Releases run in `finally`, so a cancelled or failing writer never leaks either.
+
+    `held` is the writer's SQLAlchemy connection kept checked out between transactions (see
+    transaction.TransactionScope): only the holder of `acquire_local()` may take it or put it back.
     """
 
     def __init__(self, database_path: Path, *, use_lock_file: bool) -> None:
@@ -42,6 +46,7 @@ class WriteAdmission:
         self._connection = asyncio.Semaphore(1)  # FIFO since Python 3.11.1
         self._file_lock = _FileLock(Path(f"{database_path}-writelock")) if use_lock_file else None
         self._holder: str | None = None
+        self.held: Any = None  # an AsyncConnection; typed loosely to keep SQLAlchemy out of this module
 
     @property
     def lock_file(self) -> Path | None:

@@ -152,6 +152,7 @@ class Database:
                     await connection.execute(text("PRAGMA optimize"))
                     await connection.commit()
         self._state = "stopped"
+        await self._release_held_writer()
         await self._engines.dispose()
         self._engines = None
         self._close_admission()
@@ -390,10 +391,22 @@ class Database:
         admission = self._admission
         assert admission is not None  # noqa: S101 - the checkpointer runs on SQLite only
         with contextlib.suppress(WriteTimeout, SessionStateError):
-            async with admission.slot(self.settings.write_timeout), self.engines.writer.connect() as connection:
-                driver = await _driver(connection)
-                cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                await cursor.close()
+            async with admission.slot(self.settings.write_timeout):
+                await self._release_held_writer()  # in the slot, so no writer is using it
+                async with self.engines.writer.connect() as connection:
+                    driver = await _driver(connection)
+                    cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    await cursor.close()
+
+    async def _release_held_writer(self) -> None:
+        """Check the writer connection that writes keep between them back in to the pool (it then closes
+        with the pool), for code that needs the pool's connection and for stop()."""
+        admission = self._admission
+        held = None if admission is None else admission.held
+        if held is not None:
+            admission.held = None  # type: ignore[union-attr]
+            with contextlib.suppress(Exception):
+                await held.close()
 
     def _close_admission(self) -> None:
         if self._admission is not None:

@@ -8,6 +8,11 @@ sqlite_driver), hands out the session, and commits, closes and checks the connec
 greenlet; the SQLite turn ends right after the COMMIT. Only the error path pays for more: it runs to
 completion even if the task is cancelled (see session.py), and the transaction is rolled back at the
 driver before the slot is freed.
+
+The SQLite writer goes further: its one connection stays checked out between transactions
+(`WriteAdmission.held`), and as its BEGIN is only recorded until the first statement, the next writer
+begins on the event loop's thread with no greenlet and no pool checkout or checkin (a third of an empty
+write's cost). Any error hands the connection back to the pool, and the next writer checks it out again.
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ FOREIGN_WRITER = "a writer outside dbfoundation's lock file (e.g. the sqlite3 sh
 Handle = TypeVar("Handle", AsyncSession, AsyncConnection)
 
 
-def _checkout_and_begin(engine: Any, limits: dict[str, Any] | None) -> Connection:
+def _checkout_and_begin(engine: Any, limits: dict[str, Any] | None, stale: Connection | None) -> Connection:
+    if stale is not None:  # a held writer connection that cannot begin (invalidated): back to the pool
+        with contextlib.suppress(Exception):
+            stale.close()
     connection: Connection = engine.connect()
     try:
         if limits is not None:
@@ -57,20 +65,36 @@ def _inline_options(settings: DatabaseSettings) -> dict[str, bool]:
     return {"inline": inline, "inline_commit": inline and settings.sqlite_synchronous in ("NORMAL", "OFF")}
 
 
-def _commit_and_close(session: Session | None, connection: Connection) -> None:
+def _begin_held(connection: Connection, limits: dict[str, Any] | None) -> bool:
+    """BEGIN on the held SQLite writer connection, on the loop's thread: the driver only records it (no I/O,
+    so no greenlet is needed). False if the connection cannot begin without I/O (invalidated, closed)."""
+    if connection.closed or connection.invalidated or connection.in_transaction():
+        return False
+    connection.info[BEGIN_LIMITS_KEY] = limits
+    try:
+        connection.begin()
+    except Exception:
+        connection.info.pop(BEGIN_LIMITS_KEY, None)
+        return False
+    return True
+
+
+def _commit_and_close(session: Session | None, connection: Connection, keep: bool) -> None:
     # On SQLite the driver ends the writer's turn right after the COMMIT (PendingBegin.done), before this
     # tidies up, so other processes' writers need not wait for it.
     if session is not None:
         session.commit()  # flush + COMMIT of the connection's transaction (join_transaction_mode control_fully)
-    else:
-        connection.commit()
-    if session is not None:
         session.close()
+    if connection.in_transaction():  # no session, or a session that never used the connection
+        connection.commit()  # costs nothing on SQLite when BEGIN never ran
     connection.info.pop(BEGIN_LIMITS_KEY, None)  # the info dict stays with the pooled connection
-    connection.close()  # an untouched transaction is rolled back here, which costs nothing if BEGIN never ran
+    if not keep:
+        connection.close()
 
 
-def _rollback_and_close(session: Session | None, connection: Connection) -> None:
+def _rollback_and_close(session: Session | None, connection: Connection, keep: bool) -> bool:
+    """Roll back; return True if the connection is clean and kept (`keep`: the held SQLite writer), else
+    it is closed (back to the pool)."""
     # Each step may fail on a broken connection; none may keep the next from running, nor hide the error
     # that brought us here. The driver-level rollback ends the transaction whatever SQLAlchemy's state.
     if session is not None:
@@ -85,8 +109,15 @@ def _rollback_and_close(session: Session | None, connection: Connection) -> None
                 adapted.rollback()
     with contextlib.suppress(Exception):
         connection.info.pop(BEGIN_LIMITS_KEY, None)
+    if keep:  # an error the rollback undid (a duplicate key, a failed check) leaves the connection as good
+        with contextlib.suppress(Exception):
+            if connection.in_transaction():  # a Core block: end SQLAlchemy's side of it too
+                connection.rollback()
+            if not (connection.closed or connection.invalidated or connection.in_transaction()):
+                return True
     with contextlib.suppress(Exception):
         connection.close()
+    return False
 
 
 class TransactionScope(Generic[Handle]):
@@ -104,6 +135,7 @@ class TransactionScope(Generic[Handle]):
         "_connection",
         "_deadline",
         "_engine",
+        "_handle_connection",
         "_session",
         "_settings",
         "_timeout_s",
@@ -130,6 +162,7 @@ class TransactionScope(Generic[Handle]):
         self._commit = commit
         self._timeout_s = settings.write_timeout if timeout_s is None else timeout_s
         self._connection: Connection | None = None
+        self._handle_connection: AsyncConnection | None = None
         self._deadline = 0.0
         self._turn_held = False
 
@@ -150,8 +183,16 @@ class TransactionScope(Generic[Handle]):
                 "done": self._end_turn,
                 **_inline_options(self._settings),
             }
+        held: AsyncConnection | None = None
+        if isinstance(admission, WriteAdmission):  # the held connection is ours until we put it back
+            held, admission.held = admission.held, None
+        stale = None if held is None else held.sync_connection
         try:
-            self._connection = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits)
+            if held is not None and stale is not None and _begin_held(stale, limits):
+                connection = held
+            else:
+                sync = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits, stale)
+                connection = AsyncConnection(self._engine, sync)
         except BaseException as exc:
             if admission is not None:
                 admission.release_local()
@@ -159,7 +200,8 @@ class TransactionScope(Generic[Handle]):
             if typed is not None:
                 raise typed from exc
             raise
-        connection = AsyncConnection(self._engine, self._connection)
+        self._handle_connection = connection
+        self._connection = connection.sync_connection
         handle: Any = connection
         if self._session:
             handle = new_session(connection)
@@ -196,12 +238,25 @@ class TransactionScope(Generic[Handle]):
         admission = self._admission
         try:
             if exc is None and self._commit:
+                keep = isinstance(admission, WriteAdmission)
                 try:
-                    await greenlet_spawn(_commit_and_close, session, connection)
+                    await greenlet_spawn(_commit_and_close, session, connection, keep)
+                    if keep:  # still inside the local slot: the next writer of this process takes it
+                        admission.held = self._handle_connection  # type: ignore[union-attr]
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
-            await run_to_completion(lambda: greenlet_spawn(_rollback_and_close, session, connection))
+            keep = isinstance(admission, WriteAdmission)
+            kept: list[bool] = []
+
+            async def roll_back() -> None:
+                kept.append(await greenlet_spawn(_rollback_and_close, session, connection, keep))
+
+            try:
+                await run_to_completion(roll_back)
+            finally:  # also when cancelled meanwhile: run_to_completion raises only after roll_back ended
+                if kept and kept[0]:
+                    admission.held = self._handle_connection  # type: ignore[union-attr]
         finally:
             if admission is not None:
                 self._end_turn()
