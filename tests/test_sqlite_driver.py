@@ -93,9 +93,25 @@ async def test_a_write_that_ran_nothing_costs_no_hop(db: Database, hops: collect
     assert sum(hops.values()) == 0, hops
 
 
-async def test_a_read_costs_two_hops(db: Database, hops: collections.Counter[str]) -> None:
-    """The deferred BEGIN travels with the SELECT; the end of the read snapshot is the second hop."""
+async def test_a_read_costs_one_hop_and_its_commit_ends_the_snapshot_on_the_loop(
+    db: Database, hops: collections.Counter[str], tmp_path: Path
+) -> None:
+    """The deferred BEGIN travels with the SELECT (the hop); the COMMIT that ends the read snapshot runs on
+    the loop's thread, and does end it: a checkpoint afterwards can copy every frame back."""
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "in-the-wal"})
+    hops.clear()
     async with db.read() as session:
+        assert len((await session.execute(select(items.c.key))).all()) == 2
+    assert sum(hops.values()) == 1, hops
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as other:
+        busy, wal_frames, copied = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0  # no reader still holds a snapshot
+    assert (wal_frames, copied) == (0, 0)  # TRUNCATE reset the WAL
+
+
+async def test_a_read_costs_two_hops_with_inline_writes_off(threaded: Database, hops: collections.Counter[str]) -> None:
+    async with threaded.read() as session:
         assert (await session.execute(select(items.c.key))).all() == [("warm",)]
     assert sum(hops.values()) == 2, hops
 

@@ -81,17 +81,20 @@ def _sqlite_engine(
     engine = create_async_engine(
         settings.async_url,
         # The busy timeout must be in force before any PRAGMA runs; connect(timeout=) does that.
-        # The writer's statements may run on the event loop's thread (DATABASE_SQLITE_INLINE_WRITES); the
-        # connection is still used by one thread at a time, one transaction at a time.
+        # The writer's statements and a reader's COMMIT may run on the event loop's thread
+        # (DATABASE_SQLITE_INLINE_WRITES); a connection is still used by one thread at a time.
         connect_args={
             "timeout": settings.sqlite_busy_timeout,
-            "check_same_thread": reader or migrations or not settings.sqlite_inline_writes,
+            "check_same_thread": migrations or not settings.sqlite_inline_writes,
         },
         module=adapted_dbapi(),
         **pool_options,
         **_common_options(settings),
     )
     begin_sql = "BEGIN" if reader or deferred else "BEGIN IMMEDIATE"
+    # A reader's COMMIT (query_only: it wrote nothing) only ends its snapshot, which never waits for a lock:
+    # it runs on the loop's thread instead of costing a hop (with the writer's inline statements).
+    reader_limits = {"inline_commit": reader and not migrations and settings.sqlite_inline_writes}
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -108,7 +111,8 @@ def _sqlite_engine(
             connection.exec_driver_sql(begin_sql)
             return
         # .get, not .pop: a block that commits and goes on begins again under the same scope's limits.
-        adapted.defer_begin(PendingBegin(begin_sql, **connection.info.get(BEGIN_LIMITS_KEY, {})))
+        limits = connection.info.get(BEGIN_LIMITS_KEY) or reader_limits
+        adapted.defer_begin(PendingBegin(begin_sql, **limits))
         if migrations:
             await_(adapted.begin_now())
 

@@ -148,7 +148,8 @@ class DatabaseSettings(BaseSettings):
     """SQLite: once a writer has its turn, run its statements (and, in WAL at synchronous NORMAL or OFF,
     its COMMIT) on the event loop's thread instead of a thread hop each: ~1.4x writes/s. A statement then
     holds up the loop while it runs, so turn it off if write transactions run long statements;
-    executemany, and a BEGIN that meets a writer outside dbfoundation, always go to the thread."""
+    executemany, and a BEGIN that meets a writer outside dbfoundation, always go to the thread. A read
+    transaction's COMMIT (it only ends the snapshot) runs on the loop's thread too: one hop per read."""
     sqlite_lock_file: bool = True
     """SQLite: serialise writers of all processes on the <db>-writelock file (local filesystems only)."""
     sqlite_checkpoint_interval: float = Field(default=10.0, ge=0)

@@ -15,7 +15,8 @@ on the thread until the caller's deadline, then raised as `BeginBusy`.
 A writer whose turn is taken (PendingBegin.admit) can skip the hops altogether (`inline`): no SQLite lock
 can be waited for then, so BEGIN, its statements and, in WAL at synchronous NORMAL, its COMMIT run on the
 event loop's thread in microseconds each. executemany, a COMMIT that fsyncs, and a BEGIN that meets a
-writer outside our lock file (tried with the busy wait off) still go to the thread.
+writer outside our lock file (tried with the busy wait off) still go to the thread. A reader's statements
+go to the thread (a read may run long); its COMMIT, which only ends its snapshot, runs inline.
 
 Installed with `create_async_engine(url, module=adapted_dbapi())`: the dialect stays
 `sqlite+aiosqlite`, and `db.raw()` still hands out the plain aiosqlite connection (after `begin_now()`).
@@ -73,7 +74,7 @@ class PendingBegin:
     admit: Callable[[], Awaitable[None]] | None = None
     done: Callable[[], None] | None = None
     inline: bool = False  # once admitted, run statements on the calling (event loop) thread
-    inline_commit: bool = False  # the COMMIT too (it writes the WAL without an fsync)
+    inline_commit: bool = False  # the COMMIT too (it writes the WAL without an fsync, or ends a read)
 
 
 def _commit(raw: sqlite3.Connection, prelude: list[str]) -> None:
@@ -221,6 +222,8 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             await_(begin.admit())  # may raise WriteTimeout: nothing ran, the BEGIN stays pending
             adapted._on_commit = begin.done
             adapted._inline, adapted._inline_commit = begin.inline, begin.inline_commit
+        elif begin is not None:  # a reader: statements on the thread, the COMMIT perhaps inline
+            adapted._inline_commit = begin.inline_commit
         prelude, adapted._prelude = adapted._prelude, []
         state = adapted._thread_state
         state.pop("began", None)
@@ -295,7 +298,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._pending_begin is not None:  # nothing ran: there is no transaction to commit
             self._pending_begin = None
             return
-        inline = self._inline and self._inline_commit
+        inline = self._inline_commit
         self._inline = self._inline_commit = False
         try:
             if inline:
