@@ -338,3 +338,24 @@ async def test_stop_checks_the_held_connection_back_in(tmp_path: Path) -> None:
         pool = db.engines.writer.pool
         assert pool.checkedout() == 1  # type: ignore[attr-defined]
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_task_writing_in_a_loop_lets_other_tasks_run(db: Database) -> None:
+    """Inline statements and COMMIT never wait, so without a yield per write a task that writes in a loop
+    would keep every other task of the process (requests, health checks) waiting until it stopped."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    ticks = 0
+    for n in range(200):
+        async with db.write() as session:
+            await session.execute(insert(items), {"key": f"loop{n}"})
+    ticking.cancel()
+    assert ticks >= 200  # at least one turn of the other task per write

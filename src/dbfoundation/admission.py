@@ -81,6 +81,9 @@ class WriteAdmission:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
+        # A write whose statements and COMMIT all run inline (sqlite_driver) never yields to the event loop
+        # otherwise: a task writing in a loop would hold up every other task until it stopped.
+        await asyncio.sleep(0)
         if not self._connection.locked():
             await self._connection.acquire()  # free and nobody queued: no timer to arm
         else:
