@@ -402,11 +402,11 @@ class Database:
         """Check the writer connection that writes keep between them back in to the pool (it then closes
         with the pool), for code that needs the pool's connection and for stop()."""
         admission = self._admission
-        held = None if admission is None else admission.held
-        if held is not None:
-            admission.held = None  # type: ignore[union-attr]
-            with contextlib.suppress(Exception):
-                await held.close()
+        if admission is None or admission.held is None:
+            return
+        held, admission.held = admission.held, None
+        with contextlib.suppress(Exception):
+            await held.close()
 
     def _close_admission(self) -> None:
         if self._admission is not None:

@@ -236,27 +236,26 @@ class TransactionScope(Generic[Handle]):
         session = self._session if isinstance(self._session, Session) else None
         assert connection is not None  # noqa: S101 - __aenter__ succeeded
         admission = self._admission
+        writer = admission if isinstance(admission, WriteAdmission) else None  # keeps its connection
         try:
             if exc is None and self._commit:
-                keep = isinstance(admission, WriteAdmission)
                 try:
-                    await greenlet_spawn(_commit_and_close, session, connection, keep)
-                    if keep:  # still inside the local slot: the next writer of this process takes it
-                        admission.held = self._handle_connection  # type: ignore[union-attr]
+                    await greenlet_spawn(_commit_and_close, session, connection, writer is not None)
+                    if writer is not None:  # still inside the local slot: the next writer here takes it
+                        writer.held = self._handle_connection
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
-            keep = isinstance(admission, WriteAdmission)
             kept: list[bool] = []
 
             async def roll_back() -> None:
-                kept.append(await greenlet_spawn(_rollback_and_close, session, connection, keep))
+                kept.append(await greenlet_spawn(_rollback_and_close, session, connection, writer is not None))
 
             try:
                 await run_to_completion(roll_back)
             finally:  # also when cancelled meanwhile: run_to_completion raises only after roll_back ended
-                if kept and kept[0]:
-                    admission.held = self._handle_connection  # type: ignore[union-attr]
+                if writer is not None and kept and kept[0]:
+                    writer.held = self._handle_connection
         finally:
             if admission is not None:
                 self._end_turn()
