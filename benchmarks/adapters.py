@@ -88,6 +88,14 @@ IMPLS: dict[str, Impl] = {
             "(deferred, driver-managed) transactions, ORM session per request from async_sessionmaker",
         ),
         Impl(
+            "orm-floor",
+            "benchmarks.impl_sqlalchemy",
+            "ORMFloor",
+            ("sqlite",),
+            "not a service design: SQLAlchemy's synchronous ORM session per request on stdlib sqlite3 (WAL, "
+            "NORMAL), no asyncio layer, blocking the loop; the cost of the ORM itself (per_call, instructions)",
+        ),
+        Impl(
             "sqlalchemy-asyncpg",
             "benchmarks.impl_sqlalchemy",
             "SQLAlchemyAsyncpg",

@@ -80,3 +80,40 @@ class SQLAlchemyAsyncpg(_SessionPerRequest):
     def make_engine(self) -> AsyncEngine:
         url = self.url.replace("postgresql://", "postgresql+asyncpg://", 1)
         return create_async_engine(url, pool_size=10, max_overflow=5, pool_pre_ping=True)
+
+
+class ORMFloor(Adapter):
+    """Not a way to build a service: SQLAlchemy's synchronous ORM session per request on stdlib sqlite3, with
+    no asyncio layer, no driver adapter and no thread (every call blocks the loop). What is left is the cost
+    of SQLAlchemy's ORM itself, the floor any ORM-based async stack stands on (per_call, instructions)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import Session, sessionmaker
+
+        self.sync_engine = create_engine(f"sqlite:///{self.sqlite_path}")
+
+        @event.listens_for(self.sync_engine, "connect")
+        def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+        self.sync_sessions = sessionmaker(self.sync_engine, class_=Session, expire_on_commit=False)
+
+    async def request(self, op: Op) -> str:
+        with self.sync_sessions() as session:
+            if op.kind == READ:
+                session.get(Signal, op.row_id)
+                return OK
+            if op.kind != INSERT:
+                raise ValueError(f"orm-floor runs inserts and reads only, not {op.kind}")
+            session.add(Signal(signal_id=op.signal_id, payload=op.payload, received_at=time.time()))
+            try:
+                session.commit()
+            except IntegrityError:
+                return DUP
+            return OK
+
+    async def teardown(self) -> None:
+        self.sync_engine.dispose()

@@ -27,6 +27,7 @@ SQLITE_IMPLS = [
     "sqlmodel",
     "dbf-write",
     "dbf-submit",
+    "orm-floor",
 ]
 POSTGRES_IMPLS = ["asyncpg-raw", "sqlalchemy-asyncpg", "dbf-write", "dbf-submit"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite.core
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from dbfoundation import Database, DuplicateKeyError
@@ -93,21 +93,82 @@ async def test_a_write_that_ran_nothing_costs_no_hop(db: Database, hops: collect
     assert sum(hops.values()) == 0, hops
 
 
-async def test_a_read_costs_one_hop_and_its_commit_ends_the_snapshot_on_the_loop(
+async def test_a_read_costs_no_hop_and_its_commit_ends_the_snapshot_on_the_loop(
     db: Database, hops: collections.Counter[str], tmp_path: Path
 ) -> None:
-    """The deferred BEGIN travels with the SELECT (the hop); the COMMIT that ends the read snapshot runs on
-    the loop's thread, and does end it: a checkpoint afterwards can copy every frame back."""
+    """A short read runs on the loop's thread (BEGIN, SELECT, COMMIT), and its COMMIT does end the
+    snapshot: a checkpoint afterwards can copy every frame back."""
     async with db.write() as session:
         await session.execute(insert(items), {"key": "in-the-wal"})
     hops.clear()
     async with db.read() as session:
         assert len((await session.execute(select(items.c.key))).all()) == 2
-    assert sum(hops.values()) == 1, hops
+    assert sum(hops.values()) == 0, hops
     with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as other:
         busy, wal_frames, copied = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     assert busy == 0  # no reader still holds a snapshot
     assert (wal_frames, copied) == (0, 0)  # TRUNCATE reset the WAL
+
+
+async def test_a_read_past_its_step_budget_runs_again_on_the_thread_in_the_same_snapshot(
+    tmp_path: Path, hops: collections.Counter[str]
+) -> None:
+    async with _warm_database(tmp_path, sqlite_inline_read_steps=50) as database:
+        async with database.write() as session:
+            await session.execute(insert(items), [{"key": f"k{n:03}"} for n in range(200)])
+        hops.clear()
+        async with database.read() as session:
+            assert await session.scalar(select(items.c.key).where(items.c.id == 1)) == "warm"  # inline
+            assert sum(hops.values()) == 0, hops  # and the snapshot is taken
+            with contextlib.closing(sqlite3.connect(tmp_path / "app.db", isolation_level=None)) as other:
+                other.execute("INSERT INTO items (key) VALUES ('after-the-snapshot')")
+            keys = (await session.scalars(select(items.c.key).order_by(items.c.id))).all()
+            assert sum(hops.values()) == 1, hops  # 200 rows take more than 50 steps: stopped, then the thread
+        assert keys == ["warm", *(f"k{n:03}" for n in range(200))]  # every row once, none committed later
+        hops.clear()
+        async with database.read() as session:
+            assert await session.scalar(select(func.count()).select_from(items)) == 202
+        assert sum(hops.values()) == 1, hops  # count() is one VM step of any length: never inline
+
+
+async def test_a_reader_that_meets_a_lock_waits_on_the_thread_not_the_loop(
+    tmp_path: Path, hops: collections.Counter[str]
+) -> None:
+    """In a rollback journal a writer's EXCLUSIVE lock keeps readers out (in WAL only a WAL being recovered
+    can): the read tries once on the loop with the busy wait off, then waits on its thread with the
+    configured busy timeout while the loop keeps running, and the busy timeout is back afterwards."""
+    async with _warm_database(tmp_path, sqlite_journal_mode="DELETE") as database:
+        exclusive = sqlite3.connect(tmp_path / "app.db", isolation_level=None, check_same_thread=False)
+        exclusive.execute("BEGIN EXCLUSIVE")
+        exclusive.execute("INSERT INTO items (key) VALUES ('exclusive')")
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        async def read() -> list[str]:
+            async with database.read() as session:
+                return list((await session.scalars(select(items.c.key).order_by(items.c.id))).all())
+
+        hops.clear()
+        ticking = asyncio.create_task(ticker())
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0.3)
+        assert not reading.done()
+        assert ticks >= 20  # the loop was free while the read waited
+        exclusive.execute("COMMIT")
+        exclusive.close()
+        assert await reading == ["warm", "exclusive"]
+        stop.set()
+        await ticking
+        assert sum(hops.values()) == 1, hops  # the try on the loop met the lock; the thread waited
+        async with database.read() as session:
+            await session.execute(select(items.c.id))
+            assert await session.scalar(text("SELECT * FROM pragma_busy_timeout()")) == 5000
 
 
 async def test_a_read_costs_two_hops_with_inline_writes_off(threaded: Database, hops: collections.Counter[str]) -> None:

@@ -93,8 +93,13 @@ def _sqlite_engine(
     )
     begin_sql = "BEGIN" if reader or deferred else "BEGIN IMMEDIATE"
     # A reader's COMMIT (query_only: it wrote nothing) only ends its snapshot, which never waits for a lock:
-    # it runs on the loop's thread instead of costing a hop (with the writer's inline statements).
-    reader_limits = {"inline_commit": reader and not migrations and settings.sqlite_inline_writes}
+    # it runs on the loop's thread instead of costing a hop (with the writer's inline statements). Its
+    # statements run there too up to a budget of VM steps (sqlite_driver._read_inline).
+    pool_reader = reader and not migrations and settings.sqlite_inline_writes
+    reader_limits: dict[str, Any] = {"inline_commit": pool_reader}
+    if pool_reader and settings.sqlite_inline_read_steps > 0:
+        reader_limits["inline_read_steps"] = settings.sqlite_inline_read_steps
+        reader_limits["busy_timeout_ms"] = round(settings.sqlite_busy_timeout * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -150,6 +150,11 @@ class DatabaseSettings(BaseSettings):
     holds up the loop while it runs, so turn it off if write transactions run long statements;
     executemany, and a BEGIN that meets a writer outside dbfoundation, always go to the thread. A read
     transaction's COMMIT (it only ends the snapshot) runs on the loop's thread too: one hop per read."""
+    sqlite_inline_read_steps: int = Field(default=10_000, ge=0)
+    """SQLite: a read statement runs on the event loop's thread (no thread hop) until it has taken this
+    many SQLite VM steps (a point read takes a few dozen; 10,000 is well under a millisecond); one that
+    needs more is stopped and runs again on a reader thread, in the same snapshot. 0 sends every read
+    statement to a thread. Needs DATABASE_SQLITE_INLINE_WRITES (reader connections shared across threads)."""
     sqlite_lock_file: bool = True
     """SQLite: serialise writers of all processes on the <db>-writelock file (local filesystems only)."""
     sqlite_checkpoint_interval: float = Field(default=10.0, ge=0)

@@ -15,8 +15,15 @@ on the thread until the caller's deadline, then raised as `BeginBusy`.
 A writer whose turn is taken (PendingBegin.admit) can skip the hops altogether (`inline`): no SQLite lock
 can be waited for then, so BEGIN, its statements and, in WAL at synchronous NORMAL, its COMMIT run on the
 event loop's thread in microseconds each. executemany, a COMMIT that fsyncs, and a BEGIN that meets a
-writer outside our lock file (tried with the busy wait off) still go to the thread. A reader's statements
-go to the thread (a read may run long); its COMMIT, which only ends its snapshot, runs inline.
+writer outside our lock file (tried with the busy wait off) still go to the thread.
+
+A reader's statement runs on the loop's thread too, within a budget of SQLite VM steps (`inline_read_steps`,
+counted by a progress handler): a point read takes a few dozen steps, far less than the hop. A statement
+that needs more is interrupted and runs again on the thread, which the snapshot makes safe: a read
+transaction sees the same data however often it reads. A `count(` goes to the thread at once: counting a
+whole table is a single step. The statement that starts the snapshot runs with SQLite's busy wait off, so
+the rare lock a reader can meet (WAL recovery, a connection in exclusive locking mode) is waited for on
+the thread, never on the loop. A reader's COMMIT, which only ends its snapshot, runs inline.
 
 Installed with `create_async_engine(url, module=adapted_dbapi())`: the dialect stays
 `sqlite+aiosqlite`, and `db.raw()` still hands out the plain aiosqlite connection (after `begin_now()`).
@@ -24,7 +31,9 @@ Installed with `create_async_engine(url, module=adapted_dbapi())`: the dialect s
 
 from __future__ import annotations
 
+import functools
 import random
+import re
 import sqlite3
 import time
 from collections import deque
@@ -44,6 +53,7 @@ from sqlalchemy.util.concurrency import await_
 __all__ = ["BeginBusy", "OneHopConnection", "adapted_dbapi"]
 
 _SQLITE_BUSY = 5
+_SQLITE_INTERRUPT = 9
 _DEFERRABLE = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 
 # What one statement leaves behind: description, rows (None for no result set), rowcount, lastrowid.
@@ -75,6 +85,7 @@ class PendingBegin:
     done: Callable[[], None] | None = None
     inline: bool = False  # once admitted, run statements on the calling (event loop) thread
     inline_commit: bool = False  # the COMMIT too (it writes the WAL without an fsync, or ends a read)
+    inline_read_steps: int = 0  # a reader: run a statement on the calling thread up to this many VM steps
 
 
 def _commit(raw: sqlite3.Connection, prelude: list[str]) -> None:
@@ -129,6 +140,51 @@ def _run_prelude(
         _begin(raw, begin, state)
     for sql in prelude:
         raw.execute(sql).close()
+
+
+# count() of a whole table is one VM step (OP_Count walks the b-tree in C), which no step budget can stop.
+_ONE_STEP_SCAN = re.compile(r"\bcount\s*\(", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=512)
+def _may_read_inline(operation: str) -> bool:
+    return _ONE_STEP_SCAN.search(operation) is None
+
+
+def _interrupt() -> int:
+    return 1  # called once a statement has used up its VM-step budget: stop it
+
+
+def _read_inline(
+    raw: sqlite3.Connection,
+    begin: PendingBegin | None,
+    state: dict[str, int],
+    operation: str,
+    parameters: Any,
+    steps: int,
+) -> _Outcome | None:
+    """A reader's statement on the calling (event loop's) thread, stopped after `steps` VM steps; None if it
+    was stopped or met a lock, and then nothing of it remains: the caller runs it again on the thread."""
+    restore = None if begin is None else begin.busy_timeout_ms
+    if begin is not None:
+        if restore is None:  # the busy wait could not be turned back on: let the thread begin
+            return None
+        raw.execute(begin.sql).close()  # a deferred BEGIN: it takes no lock, the first read does
+        state["began"] = 1
+        # The snapshot starts with this statement; it can meet a lock only then (a WAL being recovered),
+        # and SQLite's busy wait would sleep on the loop's thread: off for this one statement.
+        raw.execute("PRAGMA busy_timeout = 0").close()
+    raw.set_progress_handler(_interrupt, steps)
+    try:
+        return _run_statement(raw, None, state, [], operation, parameters, False)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (_SQLITE_BUSY, _SQLITE_INTERRUPT):
+            raise
+        return None
+    finally:
+        raw.set_progress_handler(None, 0)
+        if restore is not None:
+            raw.execute(f"PRAGMA busy_timeout = {restore}").close()
 
 
 def _run_statement(
@@ -222,8 +278,9 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             await_(begin.admit())  # may raise WriteTimeout: nothing ran, the BEGIN stays pending
             adapted._on_commit = begin.done
             adapted._inline, adapted._inline_commit = begin.inline, begin.inline_commit
-        elif begin is not None:  # a reader: statements on the thread, the COMMIT perhaps inline
+        elif begin is not None:  # a reader: statements inline within a budget, the COMMIT perhaps inline
             adapted._inline_commit = begin.inline_commit
+            adapted._read_steps = begin.inline_read_steps
         prelude, adapted._prelude = adapted._prelude, []
         state = adapted._thread_state
         state.pop("began", None)
@@ -234,7 +291,18 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                 # microseconds here, less than the hop to the thread would.
                 outcome = _run_statement(raw, None, state, prelude, operation, parameters, many)
                 await_(_no_wait())  # AsyncConnection.execute requires one await; this one never yields
-            else:  # the thread path: no turn (readers, migrations), executemany, or an outside writer
+            elif (
+                adapted._read_steps
+                and not many
+                and not prelude
+                and _may_read_inline(operation)
+                and (inline := _read_inline(raw, begin, state, operation, parameters, adapted._read_steps)) is not None
+            ):
+                outcome = inline
+                await_(_no_wait())
+            else:  # the thread path: no turn (migrations), executemany, an outside writer, a long read
+                if state.get("began"):  # a read that began inline and outgrew its budget
+                    begin = None
                 args = (raw, begin, state, prelude, operation, parameters, many)
                 outcome = await_(connection._execute(_run_statement, *args))
         except Exception as error:
@@ -255,7 +323,15 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """The adapted connection: one-hop cursors, and a BEGIN that waits for the first statement."""
 
-    __slots__ = ("_inline", "_inline_commit", "_on_commit", "_pending_begin", "_prelude", "_thread_state")
+    __slots__ = (
+        "_inline",
+        "_inline_commit",
+        "_on_commit",
+        "_pending_begin",
+        "_prelude",
+        "_read_steps",
+        "_thread_state",
+    )
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
@@ -265,11 +341,13 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._thread_state: dict[str, int] = {}  # written on the aiosqlite thread, read after its hop
         self._on_commit: Callable[[], None] | None = None  # the admitted transaction's PendingBegin.done
         self._inline = self._inline_commit = False  # the admitted transaction's PendingBegin.inline*
+        self._read_steps = 0  # the read transaction's PendingBegin.inline_read_steps
 
     def defer_begin(self, begin: PendingBegin) -> None:
         self._pending_begin = begin
         self._on_commit = None
         self._inline = self._inline_commit = False
+        self._read_steps = 0
 
     async def begin_now(self) -> None:
         """Run a pending BEGIN and savepoint statements (one hop), for code about to use the aiosqlite
@@ -288,6 +366,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._prelude = []
         self._on_commit = None
         self._inline = self._inline_commit = False
+        self._read_steps = 0
         if self._pending_begin is not None:
             self._pending_begin = None
             return
@@ -300,6 +379,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             return
         inline = self._inline_commit
         self._inline = self._inline_commit = False
+        self._read_steps = 0
         try:
             if inline:
                 _commit(self._connection._conn, prelude)
@@ -317,6 +397,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._prelude = []  # whatever the savepoint statements would have done, the rollback undoes
         self._on_commit = None  # the owner releases its turn after a rollback itself
         self._inline = self._inline_commit = False
+        self._read_steps = 0
         if self._pending_begin is not None:
             self._pending_begin = None
             return
