@@ -420,3 +420,24 @@ async def test_a_task_writing_in_a_loop_lets_other_tasks_run(db: Database) -> No
             await session.execute(insert(items), {"key": f"loop{n}"})
     ticking.cancel()
     assert ticks >= 200  # at least one turn of the other task per write
+
+
+async def test_a_task_reading_in_a_loop_lets_other_tasks_run(db: Database, hops: collections.Counter[str]) -> None:
+    """Short reads run on the loop's thread and never wait either: one yield per read, as for writes."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    ticks = 0
+    for _ in range(200):
+        async with db.read() as session:
+            await session.execute(select(items.c.key).where(items.c.id == 1))
+    ticking.cancel()
+    assert sum(hops.values()) == 0, hops  # the reads were inline
+    assert ticks >= 200  # at least one turn of the other task per read

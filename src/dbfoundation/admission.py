@@ -215,13 +215,18 @@ class PoolGate:
     semaphore in front (asyncio.Semaphore is FIFO since Python 3.11.1) keeps the order of arrival.
     """
 
-    def __init__(self, size: int, *, timeout_s: float, where: str) -> None:
+    def __init__(self, size: int, *, timeout_s: float, where: str, yield_first: bool = False) -> None:
         self._semaphore = asyncio.Semaphore(size)
         self._timeout_s = timeout_s
         self._where = where
+        # SQLite reads that run on the loop's thread (sqlite_driver) never wait, so a task reading in a loop
+        # would never let another task run; such a gate yields once per transaction.
+        self._yield_first = yield_first
 
     async def acquire_local(self, timeout_s: float) -> float:
         loop = asyncio.get_running_loop()
+        if self._yield_first:
+            await asyncio.sleep(0)
         if not self._semaphore.locked():
             await self._semaphore.acquire()  # a connection is free and nobody queued: no timer to arm
         else:

@@ -102,7 +102,10 @@ class Database:
             if settings.backend == "sqlite":
                 await prepare_sqlite_file(settings)
                 self._admission = WriteAdmission(settings.sqlite_path, use_lock_file=settings.sqlite_lock_file)
-                self._read_gate = self._gate_of(settings.sqlite_readers)
+                self._read_gate = self._gate_of(
+                    settings.sqlite_readers,
+                    yield_first=settings.sqlite_inline_writes and settings.sqlite_inline_read_steps > 0,
+                )
             else:
                 self._pool_gate = self._gate_of(settings.pool_size + settings.max_overflow)
                 replica = settings.async_read_url is not None
@@ -330,8 +333,9 @@ class Database:
             raise SessionStateError(call, "not started", "Use 'async with db:' or 'await db.start()' first.")
         raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
 
-    def _gate_of(self, size: int) -> PoolGate:
-        return PoolGate(size, timeout_s=self.settings.pool_timeout, where=self.settings.masked_url)
+    def _gate_of(self, size: int, *, yield_first: bool = False) -> PoolGate:
+        settings = self.settings
+        return PoolGate(size, timeout_s=settings.pool_timeout, where=settings.masked_url, yield_first=yield_first)
 
     @property
     def _gate(self) -> WriteAdmission | PoolGate | None:
