@@ -6,6 +6,7 @@ Every test here proves its writers really overlapped before trusting the result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import multiprocessing
@@ -13,6 +14,7 @@ import os
 import queue
 import random
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -335,6 +337,15 @@ def _lock_file_is_free(path: Path) -> bool:
     return True
 
 
+def _open_descriptors(path: Path) -> int:
+    """How many of this process's file descriptors are open on `path`."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return found
+
+
 async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_path: Path) -> None:
     """After a burst of local writers the lock file is free."""
     url = _make_hits(tmp_path / "app.db")
@@ -391,6 +402,42 @@ async def test_a_writer_cancelled_while_waiting_for_the_lock_file_leaves_it_free
             async with db.read() as session:
                 assert list(await session.scalars(text("SELECT n FROM hits"))) == [2]
         assert _lock_file_is_free(tmp_path / "app.db")
+    finally:
+        os.close(other)
+
+
+async def test_the_lock_file_watcher_wakes_the_writer_and_ends_with_the_database(tmp_path: Path) -> None:
+    """While another process holds the lock file a watcher thread waits for it (a daemon: it cannot hold up
+    the interpreter's exit); a waiter that timed out leaves only a stale request, the next writer is
+    woken when the lock comes free, and stop() ends the thread and closes its descriptor."""
+    url = _make_hits(tmp_path / "app.db")
+    lock_path = Path(f"{tmp_path / 'app.db'}-writelock")
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        async with Database.from_url(url, write_timeout=2.0) as db:
+
+            async def write(n: int) -> None:
+                async with db.write() as session:
+                    await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
+
+            with pytest.raises(WriteTimeout):
+                await write(1)
+            (watcher,) = [t for t in threading.enumerate() if t.name == "dbfoundation-writelock"]
+            assert watcher.daemon
+            assert watcher.is_alive()
+            waiting = asyncio.create_task(write(2))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            fcntl.flock(other, fcntl.LOCK_UN)
+            async with asyncio.timeout(5):
+                await waiting
+            async with db.read() as session:
+                assert list(await session.scalars(text("SELECT n FROM hits"))) == [2]
+            assert _open_descriptors(lock_path) == 3  # the writer's, the watcher's and `other`
+        await asyncio.to_thread(watcher.join, 5)
+        assert not watcher.is_alive()
+        assert _open_descriptors(lock_path) == 1  # only `other`
     finally:
         os.close(other)
 
