@@ -54,18 +54,11 @@ PRAGMAs); benchmarks/results/fixture_overhead.md has the figures.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import inspect
-import itertools
 import os
-import shutil
-import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,9 +66,11 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbfoundation.asgi_lifespan import run_lifespan, with_state
 from dbfoundation.database import Database
 from dbfoundation.joined import JoinedTransaction
-from dbfoundation.settings import DatabaseSettings, mask_url, normalise_url
+from dbfoundation.plugin_databases import DatabaseServer, PluginSettings, run_private, worker_id
+from dbfoundation.settings import DatabaseSettings, normalise_url
 
 if TYPE_CHECKING:
     import httpx
@@ -95,10 +90,6 @@ __all__ = [
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-START_HINT = (
-    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start "
-    "(or point --dbf-url / DBF_TEST_DATABASE_URL at a running server)"
-)
 _STATE_KEY = "dbfoundation_database"  # dbfoundation.fastapi.STATE_KEY, without importing FastAPI here
 
 
@@ -153,20 +144,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("dbf_app", 'App factory "module:callable" (see --dbf-app).', default="")
 
 
-@dataclass(frozen=True)
-class PluginSettings:
-    """What the options resolved to: the server or SQLite choice, the migrations folder, the app factory."""
-
-    url: URL | None
-    """A PostgreSQL server (maintenance database) or a SQLite file; None for a SQLite file in a temp folder."""
-    migrations: Path | None
-    app_factory: str | None
-
-    @property
-    def backend(self) -> str:
-        return "sqlite" if self.url is None or self.url.get_backend_name() == "sqlite" else "postgresql"
-
-
 def _setting(config: pytest.Config, name: str, environment: str) -> tuple[str | None, str]:
     """(value, where it came from): 'option', 'ini' or 'env'."""
     option = config.getoption(name)
@@ -193,124 +170,6 @@ def resolve_settings(config: pytest.Config) -> PluginSettings:
         migrations = (base / raw_migrations).resolve()
     app_factory, _ = _setting(config, "dbf_app", "DBF_APP")
     return PluginSettings(url=url, migrations=migrations, app_factory=app_factory)
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine in a private loop on a worker thread: safe from sync fixtures whatever loop is running."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbf-plugin") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
-def _worker_id() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
-
-
-def _unreachable(shown_url: str, reason: str) -> None:
-    message = f"PostgreSQL at {shown_url} is not reachable ({reason}); {START_HINT}"
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(message, pytrace=False)  # CI must not go green by skipping
-    pytest.skip(message)
-
-
-# -- databases: create, copy, drop ---------------------------------------------------------------------------
-
-
-class DatabaseServer:
-    """Creates and removes the plugin's databases: files in a temp folder, or databases on a PostgreSQL server."""
-
-    def __init__(self, settings: PluginSettings, folder: Path) -> None:
-        self.settings = settings
-        self.folder = folder
-        # Unique per process, so two runs (or leftovers of a killed one) on one server never collide.
-        self.prefix = f"dbf_{uuid.uuid4().hex[:8]}_{_worker_id()}".lower()
-        self._counter = itertools.count(1)
-        self.session_name: str | None = None
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.settings.backend == "postgresql"
-
-    def _admin_dsn(self) -> str:
-        assert self.settings.url is not None  # noqa: S101 - only called for PostgreSQL
-        return self.settings.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    def url_for(self, name: str) -> str:
-        """The plain URL (password included: it is handed to the test) of a database or file named `name`."""
-        if self.is_postgres:
-            assert self.settings.url is not None  # noqa: S101 - PostgreSQL always has a URL
-            return self.settings.url.set(database=name).render_as_string(hide_password=False)
-        return f"sqlite+aiosqlite:///{self._sqlite_file(name)}"
-
-    def _sqlite_file(self, name: str) -> Path:
-        return self.folder / name / "app.db"
-
-    def probe(self) -> None:
-        """Skip (or fail under CI=true) when the PostgreSQL server does not answer."""
-        if not self.is_postgres:
-            return
-        import asyncpg
-
-        async def connect() -> str | None:
-            try:
-                connection = await asyncpg.connect(self._admin_dsn(), timeout=5)
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                return type(exc).__name__
-            await connection.close()
-            return None
-
-        assert self.settings.url is not None  # noqa: S101 - PostgreSQL always has a URL
-        reason = _run(connect())
-        if reason is not None:
-            _unreachable(mask_url(self.settings.url), reason)
-
-    def new_name(self, kind: str) -> str:
-        return f"{self.prefix}_{kind}{next(self._counter)}"
-
-    def create(self, name: str, *, template: str | None = None) -> str:
-        """Create an empty database (or a copy of `template`) and return its URL."""
-        if not self.is_postgres:
-            target = self._sqlite_file(name)
-            target.parent.mkdir(parents=True)
-            if template is not None:
-                _copy_sqlite(self._sqlite_file(template), target)
-            return self.url_for(name)
-        # template0 is empty by definition (template1 may hold whatever an admin added); a template
-        # database must have no open connections, which the plugin guarantees for its session database.
-        source = template or "template0"
-        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
-        return self.url_for(name)
-
-    def drop(self, name: str) -> None:
-        if not self.is_postgres:
-            shutil.rmtree(self._sqlite_file(name).parent, ignore_errors=True)
-            return
-        # FORCE ends connections a test left open (PostgreSQL 13+), so the drop never waits on them.
-        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def _admin(self, statement: str) -> None:
-        import asyncpg
-
-        async def execute() -> None:
-            connection = await asyncpg.connect(self._admin_dsn(), timeout=10)
-            try:
-                await connection.execute(statement)
-            finally:
-                await connection.close()
-
-        _run(execute())
-
-
-def _copy_sqlite(source: Path, target: Path) -> None:
-    """Copy a SQLite database with the backup API: consistent even with its WAL not yet checkpointed."""
-    source_connection = sqlite3.connect(source)
-    try:
-        target_connection = sqlite3.connect(target)
-        try:
-            source_connection.backup(target_connection)
-        finally:
-            target_connection.close()
-    finally:
-        source_connection.close()
 
 
 def _settings_for(url: str, migrations: Path | None) -> DatabaseSettings:
@@ -343,7 +202,7 @@ def dbf_migrations_path(dbf_plugin_settings: PluginSettings) -> Path | None:
 
 @pytest.fixture(scope="session")
 def _dbf_server(dbf_plugin_settings: PluginSettings, tmp_path_factory: pytest.TempPathFactory) -> DatabaseServer:
-    server = DatabaseServer(dbf_plugin_settings, tmp_path_factory.mktemp(f"dbf_{_worker_id()}"))
+    server = DatabaseServer(dbf_plugin_settings, tmp_path_factory.mktemp(f"dbf_{worker_id()}"))
     server.probe()
     return server
 
@@ -359,7 +218,7 @@ def dbf_database_url(_dbf_server: DatabaseServer, dbf_migrations_path: Path | No
     url = _dbf_server.create(name)
     try:
         if dbf_migrations_path is not None:
-            _run(_migrate(_settings_for(url, dbf_migrations_path), dbf_migrations_path))
+            run_private(_migrate(_settings_for(url, dbf_migrations_path), dbf_migrations_path))
         yield url
     finally:
         _dbf_server.drop(name)
@@ -573,67 +432,8 @@ async def dbf_client(dbf_app: Any, dbf_database: Database) -> AsyncIterator[http
         import httpx
     except ImportError:
         pytest.fail("dbf_client needs httpx: pip install httpx", pytrace=False)
-    async with _lifespan(dbf_app) as state:
+    async with run_lifespan(dbf_app) as state:
         _attach(dbf_app, dbf_database)  # a lifespan that made its own Database must not win over the test's
-        transport = httpx.ASGITransport(app=_with_state(dbf_app, state))
+        transport = httpx.ASGITransport(app=with_state(dbf_app, state))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
-
-
-def _with_state(app: Any, state: dict[str, Any]) -> Callable[..., Awaitable[None]]:
-    """Give each request a copy of the lifespan state, as ASGI servers do (ASGITransport does not)."""
-
-    async def call(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = {**scope, "state": dict(state)}
-        await app(scope, receive, send)
-
-    return call
-
-
-@contextlib.asynccontextmanager
-async def _lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-    """Run the app's ASGI lifespan (startup before, shutdown after); yield the state it set."""
-    state: dict[str, Any] = {}
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
-    task = asyncio.create_task(app(scope, inbox.get, outbox.put), name="dbf-lifespan")
-    try:
-        await inbox.put({"type": "lifespan.startup"})
-        if await _answer(outbox, task, "startup"):
-            yield state
-            await inbox.put({"type": "lifespan.shutdown"})
-            await _answer(outbox, task, "shutdown")
-            await task
-        else:
-            yield state  # an app that raises on a lifespan scope has none (ASGI spec): serve without it
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def _answer(outbox: asyncio.Queue[dict[str, Any]], task: asyncio.Task[Any], phase: str) -> bool:
-    """Wait for the app's reply to a lifespan event: True when it completed, False when the app has no
-    lifespan; raise the app's own error when it reports a failure."""
-    getter = asyncio.ensure_future(outbox.get())
-    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-    if not getter.done():
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await getter
-        error = task.exception()
-        if phase == "startup" and error is not None:
-            return False
-        raise RuntimeError(f"the app ended its lifespan during {phase} without answering") from error
-    message = getter.result()
-    if not message["type"].endswith(".failed"):
-        return True
-    # Starlette reports the failure, then re-raises the original error: prefer that one.
-    await asyncio.wait({task}, timeout=5)
-    error = task.exception() if task.done() else None
-    if error is not None:
-        raise error
-    raise RuntimeError(f"the app's lifespan {phase} failed: {message.get('message', '')}")
