@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,9 +128,45 @@ async def test_a_read_past_its_step_budget_runs_again_on_the_thread_in_the_same_
             assert sum(hops.values()) == 1, hops  # 200 rows take more than 50 steps: stopped, then the thread
         assert keys == ["warm", *(f"k{n:03}" for n in range(200))]  # every row once, none committed later
         hops.clear()
+        async with database.read() as session:  # a first statement stopped: BEGIN stays, the thread reads
+            keys = (await session.scalars(select(items.c.key).order_by(items.c.id))).all()
+        assert keys == ["warm", *(f"k{n:03}" for n in range(200)), "after-the-snapshot"]
+        assert sum(hops.values()) == 1, hops
+        hops.clear()
         async with database.read() as session:
             assert await session.scalar(select(func.count()).select_from(items)) == 202
         assert sum(hops.values()) == 1, hops  # count() is one VM step of any length: never inline
+
+
+async def test_reads_go_to_the_thread_while_a_writer_waits_for_another_processs_lock_file(
+    db: Database, hops: collections.Counter[str], tmp_path: Path
+) -> None:
+    """A loop that never waits comes round to its writer late once the lock file is free; while a writer of
+    this process waits for it, reads take the hop (and give the loop idle moments) instead."""
+    other = os.open(f"{tmp_path / 'app.db'}-writelock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer has the turn
+    try:
+
+        async def write() -> None:
+            async with db.write() as session:
+                await session.execute(insert(items), {"key": "queued"})
+
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.1)
+        assert not writing.done()
+        hops.clear()
+        async with db.read() as session:
+            assert await session.scalar(select(items.c.key).where(items.c.id == 1)) == "warm"
+        assert sum(hops.values()) == 1, hops  # on the thread while the writer waits
+        fcntl.flock(other, fcntl.LOCK_UN)
+        async with asyncio.timeout(5):
+            await writing
+        hops.clear()
+        async with db.read() as session:
+            assert await session.scalar(select(items.c.key).where(items.c.key == "queued")) == "queued"
+        assert sum(hops.values()) == 0, hops  # inline again
+    finally:
+        os.close(other)
 
 
 async def test_a_reader_that_meets_a_lock_waits_on_the_thread_not_the_loop(

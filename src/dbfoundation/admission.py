@@ -54,6 +54,17 @@ class WriteAdmission:
     def lock_file(self) -> Path | None:
         return None if self._file_lock is None else self._file_lock.path
 
+    def waiting_for_lock_file(self) -> bool:
+        """Whether a writer of this process waits for another process to let go of the lock file.
+
+        Reads run on the loop's thread (sqlite_driver) only while this is False: a loop that never waits
+        comes round to the writer, once the lock file is free, only after every ready task has run its
+        read, and with every worker's loop that busy the lock sat free while writers waited (read-mostly,
+        4 processes: write p99 0.5-0.9 s with inline reads throughout, ~0.2 s with reads on the thread).
+        Sending reads to their threads meanwhile gives the loop idle moments in which the writer runs.
+        """
+        return self._file_lock is not None and self._file_lock.waiting
+
     @contextlib.asynccontextmanager
     async def slot(self, timeout_s: float) -> AsyncIterator[float]:
         deadline = await self.acquire(timeout_s)
@@ -146,6 +157,7 @@ class _FileLock:
         self.path = path
         self._fd: int | None = None  # the descriptor the lock is held on
         self._watcher: _FreeWatcher | None = None
+        self.waiting = False  # a writer of this process waits for another process to let go
 
     def _open(self) -> int:
         return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -164,8 +176,12 @@ class _FileLock:
                 self._watcher = _FreeWatcher(self._open())
             woken: asyncio.Future[None] = loop.create_future()
             self._watcher.watch(loop, woken)
-            async with asyncio.timeout_at(deadline):
-                await woken  # a waiter that gives up leaves its request behind: waking it is a no-op
+            self.waiting = True
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await woken  # a waiter that gives up leaves its request behind: waking it is a no-op
+            finally:
+                self.waiting = False
 
     def release(self) -> None:
         if self._fd is not None:

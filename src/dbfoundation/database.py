@@ -112,7 +112,10 @@ class Database:
                 self._read_gate = (
                     self._gate_of(settings.pool_size + settings.max_overflow) if replica else self._pool_gate
                 )
-            engines = build_engines(settings)
+            admission = self._admission
+            engines = build_engines(
+                settings, reads_held_back=None if admission is None else admission.waiting_for_lock_file
+            )
             try:
                 await self._check_reachable(engines)
             except DatabaseUnavailable as exc:

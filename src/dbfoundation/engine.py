@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,12 @@ def _common_options(settings: DatabaseSettings) -> dict[str, Any]:
 
 
 def _sqlite_engine(
-    settings: DatabaseSettings, *, reader: bool, migrations: bool = False, deferred: bool = False
+    settings: DatabaseSettings,
+    *,
+    reader: bool,
+    migrations: bool = False,
+    deferred: bool = False,
+    reads_held_back: Callable[[], bool] | None = None,
 ) -> AsyncEngine:
     plan = PragmaPlan.from_settings(settings, reader=reader)
     if migrations:
@@ -100,6 +106,7 @@ def _sqlite_engine(
     if pool_reader and settings.sqlite_inline_read_steps > 0:
         reader_limits["inline_read_steps"] = settings.sqlite_inline_read_steps
         reader_limits["busy_timeout_ms"] = round(settings.sqlite_busy_timeout * 1000)
+        reader_limits["inline_reads_held_back"] = reads_held_back
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -201,12 +208,15 @@ async def connect_asyncpg(settings: DatabaseSettings, *, application_name: str) 
         ) from exc
 
 
-def build_engines(settings: DatabaseSettings) -> Engines:
-    """Create (but do not connect) the engines for `settings`; connections open on first use."""
+def build_engines(settings: DatabaseSettings, *, reads_held_back: Callable[[], bool] | None = None) -> Engines:
+    """Create (but do not connect) the engines for `settings`; connections open on first use.
+
+    `reads_held_back` (SQLite): while it returns True, read statements go to the reader threads instead of
+    running on the loop's thread (see WriteAdmission.waiting_for_lock_file)."""
     if settings.backend == "sqlite":
         return Engines(
             writer=_sqlite_engine(settings, reader=False),
-            reader=_sqlite_engine(settings, reader=True),
+            reader=_sqlite_engine(settings, reader=True, reads_held_back=reads_held_back),
             owns_reader=True,
         )
     writer = _postgres_engine(settings, settings.async_url)

@@ -21,9 +21,11 @@ A reader's statement runs on the loop's thread too, within a budget of SQLite VM
 counted by a progress handler): a point read takes a few dozen steps, far less than the hop. A statement
 that needs more is interrupted and runs again on the thread, which the snapshot makes safe: a read
 transaction sees the same data however often it reads. A `count(` goes to the thread at once: counting a
-whole table is a single step. The statement that starts the snapshot runs with SQLite's busy wait off, so
-the rare lock a reader can meet (WAL recovery, a connection in exclusive locking mode) is waited for on
-the thread, never on the loop. A reader's COMMIT, which only ends its snapshot, runs inline.
+whole table is a single step; so does every read while a writer of the process waits for another
+process's lock file (WriteAdmission.waiting_for_lock_file). The statement that starts the snapshot runs
+with SQLite's busy wait off, so the rare lock a reader can meet (WAL recovery, a connection in exclusive
+locking mode) is waited for on the thread, never on the loop. A reader's COMMIT, which only ends its
+snapshot, runs inline.
 
 Installed with `create_async_engine(url, module=adapted_dbapi())`: the dialect stays
 `sqlite+aiosqlite`, and `db.raw()` still hands out the plain aiosqlite connection (after `begin_now()`).
@@ -86,6 +88,7 @@ class PendingBegin:
     inline: bool = False  # once admitted, run statements on the calling (event loop) thread
     inline_commit: bool = False  # the COMMIT too (it writes the WAL without an fsync, or ends a read)
     inline_read_steps: int = 0  # a reader: run a statement on the calling thread up to this many VM steps
+    inline_reads_held_back: Callable[[], bool] | None = None  # while True, a reader's statements go to the thread
 
 
 def _commit(raw: sqlite3.Connection, prelude: list[str]) -> None:
@@ -281,6 +284,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         elif begin is not None:  # a reader: statements inline within a budget, the COMMIT perhaps inline
             adapted._inline_commit = begin.inline_commit
             adapted._read_steps = begin.inline_read_steps
+            adapted._reads_held_back = begin.inline_reads_held_back
         prelude, adapted._prelude = adapted._prelude, []
         state = adapted._thread_state
         state.pop("began", None)
@@ -296,6 +300,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                 and not many
                 and not prelude
                 and _may_read_inline(operation)
+                and (adapted._reads_held_back is None or not adapted._reads_held_back())
                 and (inline := _read_inline(raw, begin, state, operation, parameters, adapted._read_steps)) is not None
             ):
                 outcome = inline
@@ -330,6 +335,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         "_pending_begin",
         "_prelude",
         "_read_steps",
+        "_reads_held_back",
         "_thread_state",
     )
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
@@ -342,6 +348,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._on_commit: Callable[[], None] | None = None  # the admitted transaction's PendingBegin.done
         self._inline = self._inline_commit = False  # the admitted transaction's PendingBegin.inline*
         self._read_steps = 0  # the read transaction's PendingBegin.inline_read_steps
+        self._reads_held_back: Callable[[], bool] | None = None  # and its inline_reads_held_back
 
     def defer_begin(self, begin: PendingBegin) -> None:
         self._pending_begin = begin
