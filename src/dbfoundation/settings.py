@@ -153,9 +153,9 @@ class DatabaseSettings(BaseSettings):
     sqlite_inline_read_steps: int = Field(default=10_000, ge=0)
     """SQLite: a read statement runs on the event loop's thread (no thread hop) until it has taken this
     many SQLite VM steps (a point read takes a few dozen; 10,000 is well under a millisecond); one that
-    needs more is stopped and runs again on a reader thread, in the same snapshot. 0 sends every read
-    statement to a thread: slower reads, but with several worker processes whose loops are saturated their
-    writers take the lock file sooner (lower write p99). Needs DATABASE_SQLITE_INLINE_WRITES."""
+    needs more is stopped and runs again on a reader thread, in the same snapshot. Reads also go to the
+    thread while a writer of this process waits for another process's lock file. 0 sends every read
+    statement to a thread. Needs DATABASE_SQLITE_INLINE_WRITES."""
     sqlite_lock_file: bool = True
     """SQLite: serialise writers of all processes on the <db>-writelock file (local filesystems only)."""
     sqlite_checkpoint_interval: float = Field(default=10.0, ge=0)
