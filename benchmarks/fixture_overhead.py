@@ -36,6 +36,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select
 
+from benchmarks.report import write_section
 from dbfoundation import Database, DatabaseSettings
 from dbfoundation.pytest_plugin import isolated_database
 
@@ -231,9 +232,7 @@ async def main() -> None:
                 )
                 lines.append(line)
                 print(line, flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    write_section(RESULTS, lines)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.report import write_section
+
 RESULTS = Path(__file__).resolve().parent / "results" / "instructions.md"
 WARMUP = 200
 DEFAULT_ROWS = (
@@ -144,9 +146,7 @@ def main() -> None:
         line = f"| {variant} | {backend} | {impl} | {per_request:,} | {ratio} |"
         lines.append(line)
         print(line, flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    write_section(RESULTS, lines)
 
 
 if __name__ == "__main__":

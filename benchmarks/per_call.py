@@ -36,6 +36,7 @@ from typing import Any
 import aiosqlite
 
 from benchmarks.adapters import IMPLS
+from benchmarks.report import write_section
 from benchmarks.scenarios import READ, OpSource
 from benchmarks.targets import SQLiteTarget
 
@@ -131,9 +132,7 @@ async def main() -> None:
             )
             lines.append(line)
             print(line, flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    write_section(RESULTS, lines)
 
 
 if __name__ == "__main__":

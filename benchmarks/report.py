@@ -209,6 +209,13 @@ def render(out_dir: Path) -> Path:
     return out
 
 
+def write_section(path: Path, lines: list[str]) -> None:
+    """Write a standalone script's table (`results/<name>.md`, included in RESULTS.md by render)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {path}")
+
+
 def _included_markdown(results_dir: Path) -> list[str]:
     """Each `results/*.md` as a section of RESULTS.md, its headings one level down (outside code fences)."""
     lines: list[str] = []

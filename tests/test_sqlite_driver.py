@@ -439,43 +439,40 @@ async def test_stop_checks_the_held_connection_back_in(tmp_path: Path) -> None:
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-async def test_a_task_writing_in_a_loop_lets_other_tasks_run(db: Database) -> None:
-    """Inline statements and COMMIT never wait, so without a yield per write a task that writes in a loop
-    would keep every other task of the process (requests, health checks) waiting until it stopped."""
-    ticks = 0
+@contextlib.asynccontextmanager
+async def turns_of_another_task() -> AsyncIterator[list[int]]:
+    """Count the turns another task of the loop gets while the block runs."""
+    turns = [0]
 
     async def ticker() -> None:
-        nonlocal ticks
         while True:
-            ticks += 1
+            turns[0] += 1
             await asyncio.sleep(0)
 
     ticking = asyncio.create_task(ticker())
     await asyncio.sleep(0)
-    ticks = 0
-    for n in range(200):
-        async with db.write() as session:
-            await session.execute(insert(items), {"key": f"loop{n}"})
-    ticking.cancel()
-    assert ticks >= 200  # at least one turn of the other task per write
+    turns[0] = 0
+    try:
+        yield turns
+    finally:
+        ticking.cancel()
+
+
+async def test_a_task_writing_in_a_loop_lets_other_tasks_run(db: Database) -> None:
+    """Inline statements and COMMIT never wait, so without a yield per write a task that writes in a loop
+    would keep every other task of the process (requests, health checks) waiting until it stopped."""
+    async with turns_of_another_task() as turns:
+        for n in range(200):
+            async with db.write() as session:
+                await session.execute(insert(items), {"key": f"loop{n}"})
+    assert turns[0] >= 200  # at least one turn of the other task per write
 
 
 async def test_a_task_reading_in_a_loop_lets_other_tasks_run(db: Database, hops: collections.Counter[str]) -> None:
     """Short reads run on the loop's thread and never wait either: one yield per read, as for writes."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    ticks = 0
-    for _ in range(200):
-        async with db.read() as session:
-            await session.execute(select(items.c.key).where(items.c.id == 1))
-    ticking.cancel()
+    async with turns_of_another_task() as turns:
+        for _ in range(200):
+            async with db.read() as session:
+                await session.execute(select(items.c.key).where(items.c.id == 1))
     assert sum(hops.values()) == 0, hops  # the reads were inline
-    assert ticks >= 200  # at least one turn of the other task per read
+    assert turns[0] >= 200  # at least one turn of the other task per read
