@@ -68,6 +68,25 @@ async def _warm_database(tmp_path: Path, **settings: Any) -> AsyncIterator[Datab
         yield database
 
 
+@contextlib.asynccontextmanager
+async def turns_of_another_task(every_s: float = 0.0) -> AsyncIterator[list[int]]:
+    """Count the turns another task of the loop gets (one per `every_s` at most) while the block runs."""
+    turns = [0]
+
+    async def ticker() -> None:
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(every_s)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    turns[0] = 0
+    try:
+        yield turns
+    finally:
+        ticking.cancel()
+
+
 async def test_a_one_statement_write_costs_two_hops(threaded: Database, hops: collections.Counter[str]) -> None:
     """BEGIN IMMEDIATE travels with the INSERT (one hop: execute, fetch, close), then COMMIT."""
     async with threaded.write() as session:
@@ -179,30 +198,20 @@ async def test_a_reader_that_meets_a_lock_waits_on_the_thread_not_the_loop(
         exclusive = sqlite3.connect(tmp_path / "app.db", isolation_level=None, check_same_thread=False)
         exclusive.execute("BEGIN EXCLUSIVE")
         exclusive.execute("INSERT INTO items (key) VALUES ('exclusive')")
-        ticks = 0
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not stop.is_set():
-                ticks += 1
-                await asyncio.sleep(0.005)
 
         async def read() -> list[str]:
             async with database.read() as session:
                 return list((await session.scalars(select(items.c.key).order_by(items.c.id))).all())
 
         hops.clear()
-        ticking = asyncio.create_task(ticker())
-        reading = asyncio.create_task(read())
-        await asyncio.sleep(0.3)
-        assert not reading.done()
-        assert ticks >= 20  # the loop was free while the read waited
-        exclusive.execute("COMMIT")
-        exclusive.close()
-        assert await reading == ["warm", "exclusive"]
-        stop.set()
-        await ticking
+        async with turns_of_another_task(every_s=0.005) as turns:
+            reading = asyncio.create_task(read())
+            await asyncio.sleep(0.3)
+            assert not reading.done()
+            assert turns[0] >= 20  # the loop was free while the read waited
+            exclusive.execute("COMMIT")
+            exclusive.close()
+            assert await reading == ["warm", "exclusive"]
         assert sum(hops.values()) == 1, hops  # the try on the loop met the lock; the thread waited
         async with database.read() as session:
             await session.execute(select(items.c.id))
@@ -334,29 +343,19 @@ async def test_a_foreign_writer_makes_the_begin_wait_on_the_thread_not_on_the_lo
     does not wait, the thread does, and the event loop keeps running meanwhile."""
     foreign = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
     foreign.execute("BEGIN IMMEDIATE")
-    ticks = 0
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.005)
 
     async def write() -> None:
         async with db.write() as session:
             await session.execute(insert(items), {"key": "after-foreign"})
 
-    ticking = asyncio.create_task(ticker())
-    writing = asyncio.create_task(write())
-    await asyncio.sleep(0.3)
-    assert not writing.done()
-    assert ticks >= 20  # the loop was free while the BEGIN waited
-    foreign.execute("COMMIT")
-    foreign.close()
-    await writing
-    stop.set()
-    await ticking
+    async with turns_of_another_task(every_s=0.005) as turns:
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.3)
+        assert not writing.done()
+        assert turns[0] >= 20  # the loop was free while the BEGIN waited
+        foreign.execute("COMMIT")
+        foreign.close()
+        await writing
     async with db.raw() as driver:  # the inline attempt turned SQLite's busy wait off and back on
         assert (await (await driver.execute("PRAGMA busy_timeout")).fetchone())[0] == 5000
     async with db.read() as session:
@@ -437,25 +436,6 @@ async def test_stop_checks_the_held_connection_back_in(tmp_path: Path) -> None:
         pool = db.engines.writer.pool
         assert pool.checkedout() == 1  # type: ignore[attr-defined]
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
-
-
-@contextlib.asynccontextmanager
-async def turns_of_another_task() -> AsyncIterator[list[int]]:
-    """Count the turns another task of the loop gets while the block runs."""
-    turns = [0]
-
-    async def ticker() -> None:
-        while True:
-            turns[0] += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    turns[0] = 0
-    try:
-        yield turns
-    finally:
-        ticking.cancel()
 
 
 async def test_a_task_writing_in_a_loop_lets_other_tasks_run(db: Database) -> None:
