@@ -350,11 +350,15 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._read_steps = 0  # the read transaction's PendingBegin.inline_read_steps
         self._reads_held_back: Callable[[], bool] | None = None  # and its inline_reads_held_back
 
+    def _end_modes(self) -> None:
+        """Forget the transaction's inline modes (taken from its PendingBegin at the first statement)."""
+        self._inline = self._inline_commit = False
+        self._read_steps = 0
+
     def defer_begin(self, begin: PendingBegin) -> None:
         self._pending_begin = begin
         self._on_commit = None
-        self._inline = self._inline_commit = False
-        self._read_steps = 0
+        self._end_modes()
 
     async def begin_now(self) -> None:
         """Run a pending BEGIN and savepoint statements (one hop), for code about to use the aiosqlite
@@ -372,8 +376,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         """End the transaction at the driver (a no-op when its BEGIN never ran), outside SQLAlchemy."""
         self._prelude = []
         self._on_commit = None
-        self._inline = self._inline_commit = False
-        self._read_steps = 0
+        self._end_modes()
         if self._pending_begin is not None:
             self._pending_begin = None
             return
@@ -385,8 +388,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             self._pending_begin = None
             return
         inline = self._inline_commit
-        self._inline = self._inline_commit = False
-        self._read_steps = 0
+        self._end_modes()
         try:
             if inline:
                 _commit(self._connection._conn, prelude)
@@ -403,8 +405,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     def rollback(self) -> None:
         self._prelude = []  # whatever the savepoint statements would have done, the rollback undoes
         self._on_commit = None  # the owner releases its turn after a rollback itself
-        self._inline = self._inline_commit = False
-        self._read_steps = 0
+        self._end_modes()
         if self._pending_begin is not None:
             self._pending_begin = None
             return
