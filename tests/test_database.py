@@ -240,6 +240,36 @@ async def test_postgres_replaces_an_idle_connection_the_server_closed(postgres_u
             assert await session.scalar(text("SELECT pg_backend_pid()")) not in pids
 
 
+async def test_reads_and_writes_run_without_sqlalchemy_event_dispatch(backend_url: str) -> None:
+    """No engine-level listener on the engines db.read() and db.write() use: one would make SQLAlchemy
+    dispatch its execute events around every statement (14 % of a point read's instructions)."""
+    async with Database.from_url(backend_url) as db:
+        for scope in (db.read, db.write):
+            async with scope() as session:
+                connection = await session.connection()
+                assert connection.sync_engine._has_events is False
+                assert await session.scalar(text("SELECT 1")) == 1
+
+
+async def test_postgres_reads_and_writes_share_one_connection_read_only_only_in_reads(postgres_url: str) -> None:
+    """With one pooled connection, db.read() runs it read-only and hands it back writable."""
+    async with Database.from_url(postgres_url, pool_size=1, max_overflow=0) as db:
+        await _create_tables(db)
+        for _ in range(2):
+            async with db.read() as session:
+                pid = await session.scalar(text("SELECT pg_backend_pid()"))
+                assert await session.scalar(text("SHOW transaction_read_only")) == "on"
+            with pytest.raises(ReadOnlyError):
+                async with db.connection(read_only=True) as core:
+                    await core.execute(insert(parents).values(id=9, name="no"))
+            async with db.write() as session:
+                assert await session.scalar(text("SELECT pg_backend_pid()")) == pid
+                assert await session.scalar(text("SHOW transaction_read_only")) == "off"
+                await session.execute(insert(parents).values(name="yes"))
+        async with db.read() as session:
+            assert (await session.execute(select(parents.c.name))).scalars().all() == ["yes", "yes"]
+
+
 async def test_postgres_read_url_sends_reads_to_the_replica(postgres_url: str) -> None:
     """With DATABASE_READ_URL, db.read() runs on that database while writes go to DATABASE_URL."""
     replica = create_postgres_database()

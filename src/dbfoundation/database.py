@@ -208,7 +208,10 @@ class Database:
         engines = self._require_started("db.read()")
         if self._joined is not None:
             return self._joined.session(where="db.read()", read_only=True)
-        return TransactionScope(engines.reader, self._read_gate, self.settings, where="db.read()", session=True)
+        engine, options = engines.read_checkout()
+        return TransactionScope(
+            engine, self._read_gate, self.settings, where="db.read()", session=True, connection_options=options
+        )
 
     def write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession in a write transaction: committed when the block ends, rolled back on error.
@@ -232,9 +235,16 @@ class Database:
             async with self._joined.nested_connection(where="db.connection()") as connection:
                 yield connection
             return
+        reader, options = engines.read_checkout()
         scope: TransactionScope[AsyncConnection] = (
             TransactionScope(
-                engines.reader, self._read_gate, self.settings, where="db.connection()", session=False, commit=False
+                reader,
+                self._read_gate,
+                self.settings,
+                where="db.connection()",
+                session=False,
+                commit=False,
+                connection_options=options,
             )
             if read_only
             else TransactionScope(engines.writer, self._gate, self.settings, where="db.connection()", session=False)

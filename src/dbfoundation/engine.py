@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, PoolProxiedConnection
 from sqlalchemy.util.concurrency import await_
 
 from dbfoundation.errors import DatabaseUnavailable
@@ -40,6 +39,17 @@ class Engines:
     writer: AsyncEngine
     reader: AsyncEngine
     owns_reader: bool
+    # Set when `reader` is `writer` with these options: db.read() then checks out from `writer` and sets
+    # them on the connection. The same transaction, but an OptionEngine's characteristics are applied by an
+    # engine_connect listener, and a listener makes SQLAlchemy dispatch events on every statement the
+    # engine runs (7 dispatches per point read).
+    reader_options: Mapping[str, Any] | None = None
+
+    def read_checkout(self) -> tuple[AsyncEngine, Mapping[str, Any] | None]:
+        """The engine db.read() checks out from and the execution options it sets on the connection."""
+        if self.reader_options is None:
+            return self.reader, None
+        return self.writer, self.reader_options
 
     async def dispose(self) -> None:
         await self.writer.dispose()
@@ -116,17 +126,19 @@ def _sqlite_engine(
     # however long busy_timeout is (sqlite.org/c3ref/busy_handler.html). The pools of a Database send it
     # with the transaction's first statement (one thread hop saved per transaction); migrations, whose
     # code also talks to the driver directly, send it at once.
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        adapted = connection.connection.dbapi_connection
-        if not isinstance(adapted, OneHopConnection):  # another adapter (never ours, but be safe): plain path
-            connection.exec_driver_sql(begin_sql)
-            return
+    def _do_begin(proxied: PoolProxiedConnection) -> None:
+        adapted = proxied.dbapi_connection
+        assert isinstance(adapted, OneHopConnection)  # noqa: S101 - the engine's module is adapted_dbapi()
         # .get, not .pop: a block that commits and goes on begins again under the same scope's limits.
-        limits = connection.info.get(BEGIN_LIMITS_KEY) or reader_limits
+        limits = proxied.info.get(BEGIN_LIMITS_KEY) or reader_limits
         adapted.defer_begin(PendingBegin(begin_sql, **limits))
         if migrations:
             await_(adapted.begin_now())
+
+    # The dialect's do_begin (the DBAPI-level BEGIN hook; this engine owns its dialect instance), not a
+    # "begin" event: any engine-level listener makes SQLAlchemy dispatch its execute events around every
+    # statement, which was 14 % of a point read's instructions (benchmarks/results/instructions.md).
+    setattr(engine.sync_engine.dialect, "do_begin", _do_begin)  # noqa: B010 - mypy forbids assigning a method
 
     return engine
 
@@ -224,4 +236,7 @@ def build_engines(settings: DatabaseSettings, *, reads_held_back: Callable[[], b
     if replica is not None:
         return Engines(writer=writer, reader=_postgres_engine(settings, replica), owns_reader=True)
     # Same pool, read-only transactions: a write through db.read() fails fast, as on SQLite.
-    return Engines(writer=writer, reader=writer.execution_options(postgresql_readonly=True), owns_reader=False)
+    read_only = {"postgresql_readonly": True}
+    return Engines(
+        writer=writer, reader=writer.execution_options(**read_only), owns_reader=False, reader_options=read_only
+    )

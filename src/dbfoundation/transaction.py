@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -42,12 +43,16 @@ FOREIGN_WRITER = "a writer outside dbfoundation's lock file (e.g. the sqlite3 sh
 Handle = TypeVar("Handle", AsyncSession, AsyncConnection)
 
 
-def _checkout_and_begin(engine: Any, limits: dict[str, Any] | None, stale: Connection | None) -> Connection:
+def _checkout_and_begin(
+    engine: Any, limits: dict[str, Any] | None, stale: Connection | None, options: Mapping[str, Any] | None
+) -> Connection:
     if stale is not None:  # a held writer connection that cannot begin (invalidated): back to the pool
         with contextlib.suppress(Exception):
             stale.close()
     connection: Connection = engine.connect()
     try:
+        if options is not None:  # reset by SQLAlchemy when the connection goes back to the pool
+            connection.execution_options(**options)
         if limits is not None:
             connection.info[BEGIN_LIMITS_KEY] = limits
         connection.begin()  # on SQLite only recorded: BEGIN runs with the first statement
@@ -125,6 +130,8 @@ class TransactionScope(Generic[Handle]):
 
     `admission` is the SQLite write slot for the writer, the PostgreSQL pool gate, or None (SQLite readers).
 
+    `connection_options`: execution options set on the checked-out connection (see Engines.read_checkout).
+
     `commit=True` commits when the block ends without error; `commit=False` leaves ending it to the block
     (an uncommitted transaction is rolled back). Errors are raised as dbfoundation's typed errors.
     """
@@ -133,6 +140,7 @@ class TransactionScope(Generic[Handle]):
         "_admission",
         "_commit",
         "_connection",
+        "_connection_options",
         "_deadline",
         "_engine",
         "_handle_connection",
@@ -153,8 +161,10 @@ class TransactionScope(Generic[Handle]):
         session: bool,
         commit: bool = True,
         timeout_s: float | None = None,
+        connection_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._engine = engine
+        self._connection_options = connection_options
         self._admission = admission
         self._settings = settings
         self._where = where
@@ -191,7 +201,9 @@ class TransactionScope(Generic[Handle]):
             if held is not None and stale is not None and _begin_held(stale, limits):
                 connection = held
             else:
-                sync = await greenlet_spawn(_checkout_and_begin, self._engine.sync_engine, limits, stale)
+                sync = await greenlet_spawn(
+                    _checkout_and_begin, self._engine.sync_engine, limits, stale, self._connection_options
+                )
                 connection = AsyncConnection(self._engine, sync)
         except BaseException as exc:
             if admission is not None:
