@@ -192,6 +192,27 @@ async def test_ready_fails_in_time_on_an_exhausted_pool_and_recovers(postgres_ur
     assert (recovered.status_code, recovered.json()["status"]) == (200, "pass")
 
 
+async def test_reader_connections_kept_between_reads_count_as_free(tmp_path: Path) -> None:
+    """SQLite keeps each reader slot's connection checked out between reads: with all of them kept, the probe
+    still gets a connection at once and reports none in use."""
+    db = Database.from_url(f"sqlite:///{tmp_path / 'app.db'}", sqlite_readers=2)
+    async with serve(build_app(db)) as client:
+        inside = asyncio.Barrier(2)
+
+        async def read() -> None:
+            async with db.read() as session:
+                await session.execute(text("SELECT 1"))
+                await inside.wait()  # both reader slots at once
+
+        await asyncio.gather(read(), read())
+        assert db._read_gate is not None
+        assert len(db._read_gate.held) == 2
+        ready, took = await timed_get(client, "/health/ready")
+    assert (ready.status_code, took < PROBE_TIMEOUT_S) == (200, True)
+    connections = ready.json()["checks"]["database:connections"][0]
+    assert (connections["status"], connections["observedValue"]) == ("pass", 0)
+
+
 async def test_two_hundred_concurrent_probes_use_at_most_one_connection(backend_url: str) -> None:
     """200 overlapping ready requests all answer 200 while the pool never has more than one connection out."""
     db = Database.from_url(backend_url)

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from dbfoundation import Database, DuplicateKeyError
+from dbfoundation import Database, DuplicateKeyError, ReadOnlyError
 
 metadata = MetaData()
 items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("key", String, unique=True))
@@ -436,6 +436,58 @@ async def test_stop_checks_the_held_connection_back_in(tmp_path: Path) -> None:
         pool = db.engines.writer.pool
         assert pool.checkedout() == 1  # type: ignore[attr-defined]
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_reads_keep_their_connections_between_them(tmp_path: Path) -> None:
+    """A reader connection stays checked out from one read to the next (no checkout, no checkin), at most
+    one per reader slot even when every slot reads at once; stop() checks them all back in."""
+    async with _warm_database(tmp_path, sqlite_readers=3) as database:
+        pool = database.engines.reader.pool
+        counts: collections.Counter[str] = collections.Counter()
+        for name in ("checkout", "checkin"):
+            event.listen(database.engines.reader.sync_engine, name, lambda *_, name=name: counts.update([name]))
+        seen = set()
+        for _ in range(5):
+            async with database.read() as session:
+                assert await session.scalar(select(items.c.key)) == "warm"
+                raw = await (await session.connection()).get_raw_connection()
+                seen.add(id(raw.driver_connection))
+        assert (counts, len(seen)) == (collections.Counter(), 1)
+        inside = asyncio.Barrier(3)
+
+        async def read_together() -> None:
+            async with database.read() as session:
+                await session.execute(select(items))
+                await inside.wait()  # every reader slot is in a read at once
+
+        for _ in range(3):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(read_together() for _ in range(3)))
+        assert database._read_gate is not None
+        assert len(database._read_gate.held) == 3
+        assert counts == {"checkout": 2}, counts  # the first round checked out two more, then none
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_read_that_failed_leaves_its_kept_connection_clean(db: Database, tmp_path: Path) -> None:
+    """A write refused in db.read() and an exception in a read block: each rolled back, the connection kept
+    for the next read with no snapshot left open (a checkpoint can truncate the WAL)."""
+    async with db.write() as session:
+        await session.execute(insert(items), {"key": "in-the-wal"})
+    with pytest.raises(ReadOnlyError):
+        async with db.read() as session:
+            await session.execute(insert(items), {"key": "refused"})
+    with pytest.raises(ValueError, match="block failed"):
+        async with db.read() as session:
+            await session.execute(select(items))
+            raise ValueError("block failed")
+    assert db._read_gate is not None
+    assert len(db._read_gate.held) == 1
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as other:
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    async with db.read() as session:
+        assert sorted(await session.scalars(select(items.c.key))) == ["in-the-wal", "warm"]
 
 
 async def test_a_task_writing_in_a_loop_lets_other_tasks_run(db: Database) -> None:

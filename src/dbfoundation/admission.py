@@ -43,6 +43,8 @@ class WriteAdmission:
     transaction.TransactionScope): only the holder of `acquire_local()` may take it or put it back.
     """
 
+    keeps_connections = True
+
     def __init__(self, database_path: Path, *, use_lock_file: bool) -> None:
         self.database_path = database_path
         self._connection = asyncio.Semaphore(1)  # FIFO since Python 3.11.1
@@ -112,6 +114,17 @@ class WriteAdmission:
     def release_local(self) -> None:
         self._holder = None
         self._connection.release()
+
+    def take_held(self) -> Any:
+        held, self.held = self.held, None
+        return held
+
+    def put_held(self, connection: Any) -> None:
+        self.held = connection
+
+    def drain_held(self) -> list[Any]:
+        """Every held connection, no longer held (to check back in to the pool)."""
+        return [self.take_held()] if self.held is not None else []
 
     async def acquire_write(self, deadline: float) -> None:
         """The lock file (needs acquire_local(): one writer of this process asks at a time). Pair with
@@ -268,20 +281,27 @@ def describe_flock_holder(path: Path) -> str | None:
 
 
 class PoolGate:
-    """FIFO admission to a PostgreSQL pool of `size` connections, with WriteAdmission's interface.
+    """FIFO admission to a pool of `size` connections, with WriteAdmission's interface.
 
     SQLAlchemy's asyncio pool hands a returned connection to whichever task asks next, so under load
     some requests lose the race again and again (p99 of seconds while p50 is milliseconds). A fair
     semaphore in front (asyncio.Semaphore is FIFO since Python 3.11.1) keeps the order of arrival.
+
+    `keep` (SQLite readers): transactions leave their connection checked out in `held` for the next one
+    (see transaction.TransactionScope), at most one per admitted transaction, so never more than `size`.
     """
 
-    def __init__(self, size: int, *, timeout_s: float, where: str, yield_first: bool = False) -> None:
+    def __init__(
+        self, size: int, *, timeout_s: float, where: str, yield_first: bool = False, keep: bool = False
+    ) -> None:
         self._semaphore = asyncio.Semaphore(size)
         self._timeout_s = timeout_s
         self._where = where
         # SQLite reads that run on the loop's thread (sqlite_driver) never wait, so a task reading in a loop
         # would never let another task run; such a gate yields once per transaction.
         self._yield_first = yield_first
+        self.keeps_connections = keep
+        self.held: list[Any] = []  # AsyncConnections, typed loosely as in WriteAdmission
 
     async def acquire_local(self, timeout_s: float) -> float:
         loop = asyncio.get_running_loop()
@@ -303,3 +323,13 @@ class PoolGate:
 
     def release_local(self) -> None:
         self._semaphore.release()
+
+    def take_held(self) -> Any:
+        return self.held.pop() if self.held else None
+
+    def put_held(self, connection: Any) -> None:
+        self.held.append(connection)
+
+    def drain_held(self) -> list[Any]:
+        held, self.held = self.held, []
+        return held

@@ -105,6 +105,7 @@ class Database:
                 self._read_gate = self._gate_of(
                     settings.sqlite_readers,
                     yield_first=settings.sqlite_inline_writes and settings.sqlite_inline_read_steps > 0,
+                    keep=True,
                 )
             else:
                 self._pool_gate = self._gate_of(settings.pool_size + settings.max_overflow)
@@ -159,6 +160,9 @@ class Database:
                     await connection.commit()
         self._state = "stopped"
         await self._release_held_writer()
+        for held in self._read_gate.drain_held() if self._read_gate is not None else []:
+            with contextlib.suppress(Exception):
+                await held.close()
         await self._engines.dispose()
         self._engines = None
         self._close_admission()
@@ -346,9 +350,15 @@ class Database:
             raise SessionStateError(call, "not started", "Use 'async with db:' or 'await db.start()' first.")
         raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
 
-    def _gate_of(self, size: int, *, yield_first: bool = False) -> PoolGate:
+    def _gate_of(self, size: int, *, yield_first: bool = False, keep: bool = False) -> PoolGate:
         settings = self.settings
-        return PoolGate(size, timeout_s=settings.pool_timeout, where=settings.masked_url, yield_first=yield_first)
+        return PoolGate(
+            size, timeout_s=settings.pool_timeout, where=settings.masked_url, yield_first=yield_first, keep=keep
+        )
+
+    def _idle_readers(self) -> int:
+        """Reader connections checked out of the pool but idle: kept for the next read (SQLite)."""
+        return len(self._read_gate.held) if self._read_gate is not None else 0
 
     @property
     def _gate(self) -> WriteAdmission | PoolGate | None:

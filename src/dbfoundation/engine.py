@@ -84,10 +84,10 @@ def _sqlite_engine(
         else {
             "poolclass": AsyncAdaptedQueuePool,
             "pool_size": settings.sqlite_readers if reader else 1,
-            # The Database keeps its one writer connection checked out between writes (transaction.py), so
-            # code that asks the writer engine for a connection of its own (the pytest plugin's outer
-            # transaction, an integration) gets a second one rather than waiting for the pool timeout.
-            "max_overflow": 0 if reader else 1,
+            # The Database keeps its connections checked out between transactions (transaction.py), so code
+            # that asks an engine for a connection of its own (the health probe, the pytest plugin's outer
+            # transaction, an integration) gets one more rather than waiting for the pool timeout.
+            "max_overflow": 1,
             "pool_timeout": settings.pool_timeout,
             # Database always ends its transactions itself (commit, or a rollback on every error path, see
             # transaction.TransactionScope), so a rollback-on-return would be a wasted thread hop.

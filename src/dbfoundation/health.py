@@ -259,7 +259,9 @@ def _pool_use(db: Database, engine: AsyncEngine) -> tuple[int | None, int]:
     settings = db.settings
     capacity = settings.sqlite_readers if db.backend == "sqlite" else settings.pool_size + settings.max_overflow
     pool = engine.pool
-    return (pool.checkedout() if isinstance(pool, QueuePool) else None), capacity
+    if not isinstance(pool, QueuePool):
+        return None, capacity
+    return pool.checkedout() - db._idle_readers(), capacity  # held for the next read: not in use
 
 
 def _connections_entry(

@@ -9,10 +9,11 @@ greenlet; the SQLite turn ends right after the COMMIT. Only the error path pays 
 completion even if the task is cancelled (see session.py), and the transaction is rolled back at the
 driver before the slot is freed.
 
-The SQLite writer goes further: its one connection stays checked out between transactions
-(`WriteAdmission.held`), and as its BEGIN is only recorded until the first statement, the next writer
-begins on the event loop's thread with no greenlet and no pool checkout or checkin (a third of an empty
-write's cost). Any error hands the connection back to the pool, and the next writer checks it out again.
+On SQLite it goes further: the writer's one connection stays checked out between transactions
+(`WriteAdmission.held`), as do the readers' (`PoolGate.held`), and as a BEGIN is only recorded until the
+first statement, the next transaction begins on the event loop's thread with no greenlet and no pool
+checkout or checkin (a third of an empty write's cost). An error the rollback does not clear hands the
+connection back to the pool, and the next transaction checks one out again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ Handle = TypeVar("Handle", AsyncSession, AsyncConnection)
 def _checkout_and_begin(
     engine: Any, limits: dict[str, Any] | None, stale: Connection | None, options: Mapping[str, Any] | None
 ) -> Connection:
-    if stale is not None:  # a held writer connection that cannot begin (invalidated): back to the pool
+    if stale is not None:  # a held connection that cannot begin (invalidated): back to the pool
         with contextlib.suppress(Exception):
             stale.close()
     connection: Connection = engine.connect()
@@ -71,8 +72,8 @@ def _inline_options(settings: DatabaseSettings) -> dict[str, bool]:
 
 
 def _begin_held(connection: Connection, limits: dict[str, Any] | None) -> bool:
-    """BEGIN on the held SQLite writer connection, on the loop's thread: the driver only records it (no I/O,
-    so no greenlet is needed). False if the connection cannot begin without I/O (invalidated, closed)."""
+    """BEGIN on a held SQLite connection, on the loop's thread: the driver only records it (no I/O, so
+    no greenlet is needed). False if the connection cannot begin without I/O (invalidated, closed)."""
     if connection.closed or connection.invalidated or connection.in_transaction():
         return False
     connection.info[BEGIN_LIMITS_KEY] = limits
@@ -98,8 +99,8 @@ def _commit_and_close(session: Session | None, connection: Connection, keep: boo
 
 
 def _rollback_and_close(session: Session | None, connection: Connection, keep: bool) -> bool:
-    """Roll back; return True if the connection is clean and kept (`keep`: the held SQLite writer), else
-    it is closed (back to the pool)."""
+    """Roll back; return True if the connection is clean and kept (`keep`: a held SQLite connection),
+    else it is closed (back to the pool)."""
     # Each step may fail on a broken connection; none may keep the next from running, nor hide the error
     # that brought us here. The driver-level rollback ends the transaction whatever SQLAlchemy's state.
     if session is not None:
@@ -193,9 +194,8 @@ class TransactionScope(Generic[Handle]):
                 "done": self._end_turn,
                 **_inline_options(self._settings),
             }
-        held: AsyncConnection | None = None
-        if isinstance(admission, WriteAdmission):  # the held connection is ours until we put it back
-            held, admission.held = admission.held, None
+        # A kept connection (the SQLite writer's, an SQLite reader's) is ours until we put it back.
+        held: AsyncConnection | None = admission.take_held() if admission is not None else None
         stale = None if held is None else held.sync_connection
         try:
             if held is not None and stale is not None and _begin_held(stale, limits):
@@ -248,26 +248,26 @@ class TransactionScope(Generic[Handle]):
         session = self._session if isinstance(self._session, Session) else None
         assert connection is not None  # noqa: S101 - __aenter__ succeeded
         admission = self._admission
-        writer = admission if isinstance(admission, WriteAdmission) else None  # keeps its connection
+        keeper = admission if admission is not None and admission.keeps_connections else None
         try:
             if exc is None and self._commit:
                 try:
-                    await greenlet_spawn(_commit_and_close, session, connection, writer is not None)
-                    if writer is not None:  # still inside the local slot: the next writer here takes it
-                        writer.held = self._handle_connection
+                    await greenlet_spawn(_commit_and_close, session, connection, keeper is not None)
+                    if keeper is not None:  # still admitted: the next transaction here takes it
+                        keeper.put_held(self._handle_connection)
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
             kept: list[bool] = []
 
             async def roll_back() -> None:
-                kept.append(await greenlet_spawn(_rollback_and_close, session, connection, writer is not None))
+                kept.append(await greenlet_spawn(_rollback_and_close, session, connection, keeper is not None))
 
             try:
                 await run_to_completion(roll_back)
             finally:  # also when cancelled meanwhile: run_to_completion raises only after roll_back ended
-                if writer is not None and kept and kept[0]:
-                    writer.held = self._handle_connection
+                if keeper is not None and kept and kept[0]:
+                    keeper.put_held(self._handle_connection)
         finally:
             if admission is not None:
                 self._end_turn()
