@@ -469,6 +469,49 @@ async def test_reads_keep_their_connections_between_them(tmp_path: Path) -> None
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+async def test_a_read_and_a_write_still_running_when_the_database_stops_hand_their_connections_back(
+    tmp_path: Path,
+) -> None:
+    """stop() checks the kept connections in; a read and a write that end after it close theirs rather
+    than keep them for a next transaction that will not come (or leave them open in a closed pool)."""
+    database = Database.from_url(f"sqlite:///{tmp_path / 'app.db'}")
+    await database.start()
+    out: collections.Counter[str] = collections.Counter()  # connections checked out, per engine
+    for name, engine in (("reader", database.engines.reader), ("writer", database.engines.writer)):
+        event.listen(engine.sync_engine, "checkout", lambda *_, name=name: out.update([name]))
+        event.listen(engine.sync_engine, "checkin", lambda *_, name=name: out.subtract([name]))
+    async with database.connection() as connection:
+        await connection.run_sync(metadata.create_all)
+    inside, finish = asyncio.Barrier(3), asyncio.Event()
+
+    in_flight: list[sqlite3.Connection] = []
+
+    async def read() -> None:
+        async with database.read() as session:
+            await session.execute(select(items))
+            in_flight.append((await (await session.connection()).get_raw_connection()).driver_connection._conn)
+            await inside.wait()
+            await finish.wait()
+
+    async def write() -> None:
+        async with database.write() as session:
+            await session.execute(insert(items), {"key": "during-stop"})
+            in_flight.append((await (await session.connection()).get_raw_connection()).driver_connection._conn)
+            await inside.wait()
+            await finish.wait()
+
+    async with asyncio.timeout(10):
+        running = [asyncio.create_task(read()), asyncio.create_task(write())]
+        await inside.wait()
+        await database.stop()  # its PRAGMA optimize gives up on the write slot after 1 s
+        finish.set()
+        await asyncio.gather(*running)
+    assert out == {"reader": 0, "writer": 0}, out
+    for connection in in_flight:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")
+
+
 async def test_a_read_that_failed_leaves_its_kept_connection_clean(db: Database, tmp_path: Path) -> None:
     """A write refused in db.read() and an exception in a read block: each rolled back, the connection kept
     for the next read with no snapshot left open (a checkpoint can truncate the WAL)."""

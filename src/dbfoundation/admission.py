@@ -51,6 +51,7 @@ class WriteAdmission:
         self._file_lock = _FileLock(Path(f"{database_path}-writelock")) if use_lock_file else None
         self._holder: str | None = None
         self.held: Any = None  # an AsyncConnection; typed loosely to keep SQLAlchemy out of this module
+        self._drained = False
 
     @property
     def lock_file(self) -> Path | None:
@@ -119,11 +120,16 @@ class WriteAdmission:
         held, self.held = self.held, None
         return held
 
-    def put_held(self, connection: Any) -> None:
+    def put_held(self, connection: Any) -> bool:
+        """Keep `connection` for the next writer; False after drain_held() (the caller closes it)."""
+        if self._drained:
+            return False
         self.held = connection
+        return True
 
     def drain_held(self) -> list[Any]:
-        """Every held connection, no longer held (to check back in to the pool)."""
+        """Every held connection, to check back in to the pool, and keep none from now on (stop)."""
+        self._drained = True
         return [self.take_held()] if self.held is not None else []
 
     async def acquire_write(self, deadline: float) -> None:
@@ -302,6 +308,7 @@ class PoolGate:
         self._yield_first = yield_first
         self.keeps_connections = keep
         self.held: list[Any] = []  # AsyncConnections, typed loosely as in WriteAdmission
+        self._drained = False
 
     async def acquire_local(self, timeout_s: float) -> float:
         loop = asyncio.get_running_loop()
@@ -327,9 +334,13 @@ class PoolGate:
     def take_held(self) -> Any:
         return self.held.pop() if self.held else None
 
-    def put_held(self, connection: Any) -> None:
+    def put_held(self, connection: Any) -> bool:
+        if self._drained:
+            return False
         self.held.append(connection)
+        return True
 
     def drain_held(self) -> list[Any]:
+        self._drained = True
         held, self.held = self.held, []
         return held

@@ -159,10 +159,12 @@ class Database:
                     await connection.execute(text("PRAGMA optimize"))
                     await connection.commit()
         self._state = "stopped"
-        await self._release_held_writer()
-        for held in self._read_gate.drain_held() if self._read_gate is not None else []:
-            with contextlib.suppress(Exception):
-                await held.close()
+        # Kept connections go back to the pool before it closes; a transaction still running puts its
+        # own back when it ends (put_held refuses from now on).
+        for gate in (self._admission, self._read_gate):
+            for held in gate.drain_held() if gate is not None else []:
+                with contextlib.suppress(Exception):
+                    await held.close()
         await self._engines.dispose()
         self._engines = None
         self._close_admission()
@@ -212,10 +214,7 @@ class Database:
         engines = self._require_started("db.read()")
         if self._joined is not None:
             return self._joined.session(where="db.read()", read_only=True)
-        engine, options = engines.read_checkout()
-        return TransactionScope(
-            engine, self._read_gate, self.settings, where="db.read()", session=True, connection_options=options
-        )
+        return self._read_scope(engines, where="db.read()", session=True)
 
     def write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession in a write transaction: committed when the block ends, rolled back on error.
@@ -239,17 +238,8 @@ class Database:
             async with self._joined.nested_connection(where="db.connection()") as connection:
                 yield connection
             return
-        reader, options = engines.read_checkout()
         scope: TransactionScope[AsyncConnection] = (
-            TransactionScope(
-                reader,
-                self._read_gate,
-                self.settings,
-                where="db.connection()",
-                session=False,
-                commit=False,
-                connection_options=options,
-            )
+            self._read_scope(engines, where="db.connection()", session=False, commit=False)
             if read_only
             else TransactionScope(engines.writer, self._gate, self.settings, where="db.connection()", session=False)
         )
@@ -364,6 +354,18 @@ class Database:
     def _gate(self) -> WriteAdmission | PoolGate | None:
         return self._admission if self._admission is not None else self._pool_gate
 
+    def _read_scope(self, engines: Engines, *, where: str, session: bool, commit: bool = True) -> TransactionScope[Any]:
+        engine, options = engines.read_checkout()
+        return TransactionScope(
+            engine,
+            self._read_gate,
+            self.settings,
+            where=where,
+            session=session,
+            commit=commit,
+            connection_options=options,
+        )
+
     def _write_connection(self, timeout_s: float | None = None) -> TransactionScope[AsyncConnection]:
         """The writer connection in a begun transaction, inside the write slot; rolled back unless the
         block commits, before the slot is released, even when the task is cancelled."""
@@ -419,21 +421,14 @@ class Database:
         assert admission is not None  # noqa: S101 - the checkpointer runs on SQLite only
         with contextlib.suppress(WriteTimeout, SessionStateError):
             async with admission.slot(self.settings.write_timeout):
-                await self._release_held_writer()  # in the slot, so no writer is using it
+                held = admission.take_held()
+                if held is not None:  # in the slot, so no writer is using it: back to the pool, for us
+                    with contextlib.suppress(Exception):
+                        await held.close()
                 async with self.engines.writer.connect() as connection:
                     driver = await _driver(connection)
                     cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     await cursor.close()
-
-    async def _release_held_writer(self) -> None:
-        """Check the writer connection that writes keep between them back in to the pool (it then closes
-        with the pool), for code that needs the pool's connection and for stop()."""
-        admission = self._admission
-        if admission is None or admission.held is None:
-            return
-        held, admission.held = admission.held, None
-        with contextlib.suppress(Exception):
-            await held.close()
 
     def _close_admission(self) -> None:
         if self._admission is not None:

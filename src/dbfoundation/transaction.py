@@ -254,7 +254,7 @@ class TransactionScope(Generic[Handle]):
                 try:
                     await greenlet_spawn(_commit_and_close, session, connection, keeper is not None)
                     if keeper is not None:  # still admitted: the next transaction here takes it
-                        keeper.put_held(self._handle_connection)
+                        await self._keep_or_close(keeper)
                     return
                 except BaseException as failure:  # cancelled during COMMIT included: roll back below
                     exc = failure
@@ -267,7 +267,7 @@ class TransactionScope(Generic[Handle]):
                 await run_to_completion(roll_back)
             finally:  # also when cancelled meanwhile: run_to_completion raises only after roll_back ended
                 if keeper is not None and kept and kept[0]:
-                    keeper.put_held(self._handle_connection)
+                    await self._keep_or_close(keeper)
         finally:
             if admission is not None:
                 self._end_turn()
@@ -279,6 +279,16 @@ class TransactionScope(Generic[Handle]):
             raise typed from exc
         if exc is not original:  # a failed COMMIT; the block's own exception propagates by itself
             raise exc
+
+    async def _keep_or_close(self, keeper: WriteAdmission | PoolGate) -> None:
+        connection = self._handle_connection
+        if connection is not None and not keeper.put_held(connection):
+            # The Database stopped during this transaction and closed its pools: close the connection
+            # itself (checked in to a disposed pool it would stay open until garbage-collected).
+            with contextlib.suppress(Exception):
+                await run_to_completion(connection.invalidate)
+            with contextlib.suppress(Exception):
+                await run_to_completion(connection.close)
 
 
 def typed_error(exc: BaseException, *, where: str, settings: DatabaseSettings) -> Exception | None:
