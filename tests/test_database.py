@@ -242,7 +242,7 @@ async def test_postgres_replaces_an_idle_connection_the_server_closed(postgres_u
 
 async def test_reads_and_writes_run_without_sqlalchemy_event_dispatch(backend_url: str) -> None:
     """No engine-level listener on the engines db.read() and db.write() use: one would make SQLAlchemy
-    dispatch its execute events around every statement (14 % of a point read's instructions)."""
+    dispatch its execute events around every statement (~15 % of a point read's instructions)."""
     async with Database.from_url(backend_url) as db:
         for scope in (db.read, db.write):
             async with scope() as session:

@@ -137,7 +137,7 @@ def _sqlite_engine(
 
     # The dialect's do_begin (the DBAPI-level BEGIN hook; this engine owns its dialect instance), not a
     # "begin" event: any engine-level listener makes SQLAlchemy dispatch its execute events around every
-    # statement, which was 14 % of a point read's instructions (benchmarks/results/instructions.md).
+    # statement, which was 15 % of a point read's instructions (benchmarks/notes/write-tx.md, (11)).
     setattr(engine.sync_engine.dialect, "do_begin", _do_begin)  # noqa: B010 - mypy forbids assigning a method
 
     return engine

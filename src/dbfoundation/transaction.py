@@ -129,7 +129,7 @@ def _rollback_and_close(session: Session | None, connection: Connection, keep: b
 class TransactionScope(Generic[Handle]):
     """`async with TransactionScope(...) as handle:` a session (or Core connection) in a transaction.
 
-    `admission` is the SQLite write slot for the writer, the PostgreSQL pool gate, or None (SQLite readers).
+    `admission` is the SQLite write slot for the writer or the PoolGate of a pool (PostgreSQL, SQLite readers).
 
     `connection_options`: execution options set on the checked-out connection (see Engines.read_checkout).
 
