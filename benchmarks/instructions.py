@@ -47,6 +47,9 @@ DEFAULT_ROWS = (
     "sqlalchemy-asyncpg:insert:postgres",
     "dbf-write:insert:postgres",
     "asyncpg-raw:insert:postgres",
+    "sqlalchemy-asyncpg:read:postgres",
+    "dbf-write:read:postgres",
+    "asyncpg-raw:read:postgres",
 )
 VARIANTS = {"insert": ("ingest", "insert"), "read": ("read-mostly", "point-read")}
 
