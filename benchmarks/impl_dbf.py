@@ -52,9 +52,7 @@ class DbfWrite(_Dbf):
                         return DUP
                     session.add(Signal(signal_id=op.signal_id, payload=op.payload, received_at=time.time()))
                 elif op.kind == INCR:
-                    counter = await session.get(Counter, COUNTER_ID)
-                    assert counter is not None
-                    counter.value += 1
+                    await _increment(session)
                 elif op.kind == EVENT:
                     session.add(Event(k=op.k, v=EVENT_VALUE))
                 else:
@@ -95,7 +93,10 @@ async def _check_then_insert(session: AsyncSession, op: Op) -> bool:
 
 
 async def _increment(session: AsyncSession) -> None:
-    counter = await session.get(Counter, COUNTER_ID)
+    # FOR UPDATE, as the README asks of a block that writes back what it read: PostgreSQL runs db.write()
+    # blocks side by side at READ COMMITTED and would lose increments without it; SQLite's dialect renders
+    # nothing (the write transaction is already serialised), so one function serves both backends.
+    counter = await session.get(Counter, COUNTER_ID, with_for_update=True)
     assert counter is not None
     counter.value += 1
     await session.flush()

@@ -80,3 +80,12 @@ def test_every_postgres_adapter_completes_ingest(tmp_path: Path) -> None:
     require_postgres()
     run_bench(tmp_path, "ingest", "--variant", "insert", "--backend", "postgres", "--impl", *POSTGRES_IMPLS)
     assert_completed(runs(tmp_path, "ingest", "postgres"), POSTGRES_IMPLS)
+
+
+@pytest.mark.postgres
+def test_counter_loses_no_increment_on_postgres(tmp_path: Path) -> None:
+    """db.write() blocks run side by side at READ COMMITTED there: the adapter's FOR UPDATE keeps them exact."""
+    require_postgres()
+    impls = ["asyncpg-raw", "dbf-write", "dbf-submit"]
+    run_bench(tmp_path, "counter", "--backend", "postgres", "--impl", *impls)
+    assert_completed(runs(tmp_path, "counter", "postgres"), impls)
