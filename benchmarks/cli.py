@@ -174,7 +174,8 @@ def _line(rec: dict[str, Any]) -> str:
     errs = ", ".join(f"{k}={v}" for k, v in rec["errors"].items())
     return (
         f"{head} {rec['throughput']:9.0f} req/s  p50 {rec['p50_ms'] or 0:7.2f}  p99 {rec['p99_ms'] or 0:8.2f}  "
-        f"max {rec['max_ms'] or 0:8.1f} ms  locked={rec['locked']} {errs}  dup={rec['dup']}  "
+        f"max {rec['max_ms'] or 0:8.1f} ms  cpu {rec.get('cpu_ms_per_req') or 0:5.2f} ms/req  "
+        f"locked={rec['locked']} {errs}  dup={rec['dup']}  "
         f"acked={dc['acknowledged']} missing={dc['missing']} unacked_present={dc['unacknowledged_present']}"
         f"  [{rec['wall_s']} s]"
     )

@@ -48,6 +48,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "p50_ms": _median([r["p50_ms"] for r in good]),
             "p99_ms": _median([r["p99_ms"] for r in good]),
             "max_ms": _median([r["max_ms"] for r in good]),
+            "cpu_ms": _median([r.get("cpu_ms_per_req") for r in good]),  # absent from runs before 2026-11-24
             "dup": _median([r["dup"] for r in good]),
             "locked": _median([r["locked"] for r in good]),
             "errors": {k: _median([r["errors"].get(k, 0) for r in good]) for k in err_kinds},
@@ -134,7 +135,9 @@ def render(out_dir: Path) -> Path:
         "[README.md](README.md). Throughput is acknowledged requests per second (a handled duplicate is an "
         "acknowledged answer); latencies are per request, measured in the worker; medians over repeats. "
         "`x ceiling` divides by the ceiling implementation (`sqlite3-raw` / `asyncpg-raw`) measured in the "
-        "same cell of the same run. `acked` = writes acknowledged to the client and `missing` = acknowledged "
+        "same cell of the same run. `CPU ms/req` = CPU time of the worker processes (every thread) in the "
+        "measured window per request completed in it (client side: not the PostgreSQL server). "
+        "`acked` = writes acknowledged to the client and `missing` = acknowledged "
         "writes not found afterwards (must be 0; in `counter`: lost updates), both summed over all repeats; "
         "`unacked present` = rows present whose request reported an error. `locked` and other errors are "
         "medians per run of the errors that completed inside the measured window.",
@@ -174,13 +177,15 @@ def render(out_dir: Path) -> Path:
                 if variant != "default":
                     lines += [f"**variant: {variant}**", ""]
                 lines += [
-                    "| PxT | implementation | req/s | x ceiling | p50 ms | p99 ms | max ms | locked | other errors "
-                    "| dups handled | acked (all runs) | missing (all runs) | unacked present | journal |",
-                    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+                    "| PxT | implementation | req/s | x ceiling | p50 ms | p99 ms | max ms | CPU ms/req | locked "
+                    "| other errors | dups handled | acked (all runs) | missing (all runs) | unacked present "
+                    "| journal |",
+                    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
+                    "| --- |",
                 ]
                 for r in vrows:
                     if r["failed_runs"] == r["repeats"]:
-                        lines.append(f"| {r['P']}x{r['T']} | {r['impl']} | failed | | | | | | see below | | | | | |")
+                        lines.append(f"| {r['P']}x{r['T']} | {r['impl']} | failed | | | | | | | see below | | | | | |")
                         continue
                     errs = ", ".join(f"{k}: {_count(v)}" for k, v in r["errors"].items() if v) or "0"
                     if r["failed_runs"]:
@@ -189,7 +194,8 @@ def render(out_dir: Path) -> Path:
                     lines.append(
                         f"| {r['P']}x{r['T']} | {r['impl']} | {_fmt(r['throughput'], 0)} | {ratio} | "
                         f"{_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {_fmt(r['max_ms'], 1)} | "
-                        f"{_count(r['locked'])} | {errs} | {_count(r['dup'])} | {_count(r['acknowledged'])} | "
+                        f"{_fmt(r['cpu_ms'], 2)} | {_count(r['locked'])} | {errs} | {_count(r['dup'])} | "
+                        f"{_count(r['acknowledged'])} | "
                         f"{r['missing']} | {r['unacked_present']} | {r['journal_mode'] or ''} |"
                     )
                 lines.append("")

@@ -120,8 +120,11 @@ def _merge(results: list[dict[str, Any]], duration: float) -> dict[str, Any]:
         for k, v in r["examples"].items():
             examples.setdefault(k, v)
     completed = int(lat.size)
+    cpu_s = sum(r["cpu_s"] for r in results)
     return {
         "throughput": completed / duration,
+        # Client side only (the worker processes, every thread): the PostgreSQL server's share is not in it.
+        "cpu_ms_per_req": 1000.0 * cpu_s / completed if completed else None,
         "completed": completed,
         "ok": outcomes.get("ok", 0),
         "dup": outcomes.get("dup", 0),

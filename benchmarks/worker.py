@@ -117,6 +117,14 @@ async def _run(cfg: dict[str, Any], barrier: Any) -> dict[str, Any]:
 
         profile_task = asyncio.create_task(start_profiler())
 
+    async def cpu_in_window() -> float:
+        """CPU seconds this process spent (every thread, user + system) inside the measured window."""
+        await asyncio.sleep(max(0.0, win_start - time.perf_counter()))
+        started = time.process_time()
+        await asyncio.sleep(max(0.0, win_end - time.perf_counter()))
+        return time.process_time() - started
+
+    cpu_task = asyncio.create_task(cpu_in_window())
     tasks = [asyncio.create_task(task()) for _ in range(cfg["tasks"])]
     _, stuck = await asyncio.wait(tasks, timeout=cfg["warmup"] + cfg["duration"] + 60)
     for t in stuck:
@@ -124,6 +132,7 @@ async def _run(cfg: dict[str, Any], barrier: Any) -> dict[str, Any]:
     if stuck:
         errors_total["hung-request"] += len(stuck)
         examples["hung-request"] = f"{len(stuck)} tasks still inside adapter.request() 60 s after the window"
+    cpu_s = await cpu_task
     if profiler is not None and profile_task is not None:
         await profile_task
         profiler.stop()
@@ -144,4 +153,5 @@ async def _run(cfg: dict[str, Any], barrier: Any) -> dict[str, Any]:
         "acked_seqs": acked_seqs.tolist(),
         "acked_incr": acked_incr,
         "window": cfg["duration"],
+        "cpu_s": cpu_s,
     }

@@ -57,6 +57,7 @@ def assert_completed(records: list[dict[str, Any]], impls: list[str]) -> None:
     for r in records:
         assert "fatal" not in r, (r["impl"], r.get("fatal"))
         assert r["completed"] > 0, r["impl"]
+        assert r["cpu_ms_per_req"] > 0, r["impl"]  # the workers' CPU over the window, per request
         assert r["data_check"]["missing"] == 0, (r["impl"], r["data_check"])
 
 
