@@ -415,7 +415,7 @@ async def test_a_write_the_rollback_undid_keeps_the_connection_and_leaves_nothin
             await connection.execute(insert(items), {"key": "core-half"})
             raise ValueError("block failed")
     assert db._admission is not None
-    assert db._admission.held is not None
+    assert len(db._admission.held) == 1
     async with db.write() as session:
         await session.execute(insert(items), {"key": "after-failures"})
     assert pool_events == {}, pool_events
@@ -425,8 +425,8 @@ async def test_a_write_the_rollback_undid_keeps_the_connection_and_leaves_nothin
 
 async def test_an_invalidated_held_connection_is_replaced_before_the_next_write(db: Database) -> None:
     assert db._admission is not None
-    assert db._admission.held is not None
-    await db._admission.held.invalidate()  # as after a disconnect error outside any transaction
+    [kept] = db._admission.held
+    await kept.invalidate()  # as after a disconnect error outside any transaction
     async with db.write() as session:
         await session.execute(insert(items), {"key": "on-a-new-connection"})
     async with db.read() as session:

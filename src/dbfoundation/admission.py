@@ -16,13 +16,48 @@ import fcntl
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from dbfoundation.errors import DatabaseUnavailable, WriteTimeout
 
-__all__ = ["PoolGate", "WriteAdmission", "describe_flock_holder"]
+__all__ = ["KeptConnections", "PoolGate", "WriteAdmission", "describe_flock_holder"]
+
+
+class KeptConnections:
+    """Connections that transactions leave checked out for the next one (see transaction.TransactionScope).
+
+    Only a task its gate admitted takes or puts one, so there are never more than the gate admits at once.
+    After `drain()` (the Database stops) `put()` refuses, and the caller closes its connection instead.
+    """
+
+    def __init__(self) -> None:
+        self._connections: list[Any] = []  # AsyncConnections, typed loosely to keep SQLAlchemy out of here
+        self._drained = False
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._connections)
+
+    def take(self) -> Any:
+        """A kept connection, or None."""
+        return self._connections.pop() if self._connections else None
+
+    def put(self, connection: Any) -> bool:
+        """Keep `connection` for the next transaction; False after drain() (the caller closes it)."""
+        if self._drained:
+            return False
+        self._connections.append(connection)
+        return True
+
+    def drain(self) -> list[Any]:
+        """Every kept connection, to check back in to the pool, and keep none from now on (stop)."""
+        self._drained = True
+        kept, self._connections = self._connections, []
+        return kept
 
 
 class WriteAdmission:
@@ -39,7 +74,7 @@ class WriteAdmission:
     Each step returns or takes the loop-time deadline by which the writer must have begun; past it,
     `WriteTimeout`. Releases run in `finally`, so a cancelled or failing writer never leaks either.
 
-    `held` is the writer's SQLAlchemy connection kept checked out between transactions (see
+    `held` keeps the writer's SQLAlchemy connection checked out between transactions (see
     transaction.TransactionScope): only the holder of `acquire_local()` may take it or put it back.
     """
 
@@ -50,8 +85,7 @@ class WriteAdmission:
         self._connection = asyncio.Semaphore(1)  # FIFO since Python 3.11.1
         self._file_lock = _FileLock(Path(f"{database_path}-writelock")) if use_lock_file else None
         self._holder: str | None = None
-        self.held: Any = None  # an AsyncConnection; typed loosely to keep SQLAlchemy out of this module
-        self._drained = False
+        self.held = KeptConnections()
 
     @property
     def lock_file(self) -> Path | None:
@@ -115,22 +149,6 @@ class WriteAdmission:
     def release_local(self) -> None:
         self._holder = None
         self._connection.release()
-
-    def take_held(self) -> Any:
-        held, self.held = self.held, None
-        return held
-
-    def put_held(self, connection: Any) -> bool:
-        """Keep `connection` for the next writer; False after drain_held() (the caller closes it)."""
-        if self._drained:
-            return False
-        self.held = connection
-        return True
-
-    def drain_held(self) -> list[Any]:
-        """Every held connection, to check back in to the pool, and keep none from now on (stop)."""
-        self._drained = True
-        return [self.take_held()] if self.held is not None else []
 
     async def acquire_write(self, deadline: float) -> None:
         """The lock file (needs acquire_local(): one writer of this process asks at a time). Pair with
@@ -294,7 +312,7 @@ class PoolGate:
     semaphore in front (asyncio.Semaphore is FIFO since Python 3.11.1) keeps the order of arrival.
 
     `keep` (SQLite readers): transactions leave their connection checked out in `held` for the next one
-    (see transaction.TransactionScope), at most one per admitted transaction, so never more than `size`.
+    (see transaction.TransactionScope), so never more than `size`.
     """
 
     def __init__(
@@ -307,8 +325,7 @@ class PoolGate:
         # would never let another task run; such a gate yields once per transaction.
         self._yield_first = yield_first
         self.keeps_connections = keep
-        self.held: list[Any] = []  # AsyncConnections, typed loosely as in WriteAdmission
-        self._drained = False
+        self.held = KeptConnections()
 
     async def acquire_local(self, timeout_s: float) -> float:
         loop = asyncio.get_running_loop()
@@ -330,17 +347,3 @@ class PoolGate:
 
     def release_local(self) -> None:
         self._semaphore.release()
-
-    def take_held(self) -> Any:
-        return self.held.pop() if self.held else None
-
-    def put_held(self, connection: Any) -> bool:
-        if self._drained:
-            return False
-        self.held.append(connection)
-        return True
-
-    def drain_held(self) -> list[Any]:
-        self._drained = True
-        held, self.held = self.held, []
-        return held

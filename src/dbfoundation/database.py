@@ -160,9 +160,9 @@ class Database:
                     await connection.commit()
         self._state = "stopped"
         # Kept connections go back to the pool before it closes; a transaction still running puts its
-        # own back when it ends (put_held refuses from now on).
+        # own back when it ends (held.put() refuses from now on).
         for gate in (self._admission, self._read_gate):
-            for held in gate.drain_held() if gate is not None else []:
+            for held in gate.held.drain() if gate is not None else []:
                 with contextlib.suppress(Exception):
                     await held.close()
         await self._engines.dispose()
@@ -421,7 +421,7 @@ class Database:
         assert admission is not None  # noqa: S101 - the checkpointer runs on SQLite only
         with contextlib.suppress(WriteTimeout, SessionStateError):
             async with admission.slot(self.settings.write_timeout):
-                held = admission.take_held()
+                held = admission.held.take()
                 if held is not None:  # in the slot, so no writer is using it: back to the pool, for us
                     with contextlib.suppress(Exception):
                         await held.close()

@@ -23,7 +23,8 @@ from sqlalchemy.util.concurrency import await_
 from dbfoundation.errors import DatabaseUnavailable
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
-from dbfoundation.sqlite_driver import OneHopConnection, PendingBegin, adapted_dbapi
+from dbfoundation.sqlite_calls import PendingBegin
+from dbfoundation.sqlite_driver import OneHopConnection, adapted_dbapi
 
 __all__ = ["BEGIN_LIMITS_KEY", "Engines", "build_engines", "build_migration_engine", "connect_asyncpg"]
 

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbfoundation.database import Database
 from dbfoundation.driver_errors import translate
-from dbfoundation.health import HEALTH_MEDIA_TYPE, HealthReport
+from dbfoundation.health_report import HEALTH_MEDIA_TYPE, HealthReport
 
 __all__ = [
     "STATE_KEY",

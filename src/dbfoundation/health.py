@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import os
 import sys
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +29,7 @@ from sqlalchemy.pool import QueuePool
 
 from dbfoundation.driver_errors import translate
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError
+from dbfoundation.health_report import HEALTH_MEDIA_TYPE, HealthReport, HealthStatus, check_entry, report_of, timestamp
 from dbfoundation.session import run_to_completion
 
 if TYPE_CHECKING:
@@ -39,50 +37,17 @@ if TYPE_CHECKING:
 
 __all__ = ["HEALTH_MEDIA_TYPE", "HealthReport", "HealthStatus", "check_health"]
 
-HealthStatus = Literal["pass", "warn", "fail"]
-HEALTH_MEDIA_TYPE = "application/health+json"
-
 MIGRATION_STATE_MAX_AGE_S = 30.0
 """Seconds a migration state read is reused: it changes only when a deploy migrates."""
 WAL_WARN_FACTOR = 4
 """The WAL warns past this many times DATABASE_SQLITE_JOURNAL_SIZE_LIMIT (checkpoints are not keeping up)."""
 
-_RANK: dict[HealthStatus, int] = {"pass": 0, "warn": 1, "fail": 2}
 _DATABASE_SHARE = 0.8  # of the deadline for the queries; the rest is left for building and sending the answer
 # One statement, one driver hop: touching sqlite_schema reads page 1 (so the file is really readable), and the
 # journal mode comes with it. A deferred read transaction never waits for the writer in WAL mode.
 _SQLITE_PING = text("SELECT (SELECT 1 FROM sqlite_schema LIMIT 1), (SELECT journal_mode FROM pragma_journal_mode)")
 _POSTGRES_PING = text("SELECT 1")
 logger = logging.getLogger("dbfoundation.health")
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """The readiness of one Database: `status`, and per-component `checks` in the health+json shape.
-
-    `to_json()` is the `application/health+json` body; `http_status` is 200 for pass and warn, 503 for fail.
-    `output` says why, when the status is not pass.
-    """
-
-    status: HealthStatus
-    checks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    output: str | None = None
-
-    @property
-    def http_status(self) -> int:
-        return 503 if self.status == "fail" else 200
-
-    def to_dict(self) -> dict[str, Any]:
-        """The body as plain JSON-ready values."""
-        body: dict[str, Any] = {"status": self.status}
-        if self.output is not None:
-            body["output"] = self.output
-        body["checks"] = self.checks
-        return body
-
-    def to_json(self) -> str:
-        """The `application/health+json` body."""
-        return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
 class _MigrationState(Protocol):
@@ -188,7 +153,7 @@ async def _probe_checks(db: Database, probe: _Probe, deadline_s: float) -> Healt
     engine = db.engines.reader
     checks: dict[str, list[dict[str, Any]]] = {}
     component = _component_id(db)
-    now = _now()
+    now = timestamp()
 
     ping_output: str | None = None
     journal_mode: str | None = None
@@ -203,7 +168,7 @@ async def _probe_checks(db: Database, probe: _Probe, deadline_s: float) -> Healt
         ping_output = _describe_failure(exc, db)
     elapsed_ms = round((loop.time() - started) * 1000, 3)
     checks["database:responseTime"] = [
-        _entry(component, "datastore", "fail" if ping_output else "pass", elapsed_ms, "ms", now, ping_output)
+        check_entry(component, "datastore", "fail" if ping_output else "pass", elapsed_ms, "ms", now, ping_output)
     ]
     checks["database:connections"] = [_connections_entry(db, engine, component, now, ping_output)]
 
@@ -218,7 +183,9 @@ async def _probe_checks(db: Database, probe: _Probe, deadline_s: float) -> Healt
         except TimeoutError:
             file_bytes, wal_bytes = None, None
             checks["sqlite:fileSize"] = [
-                _entry(component, "datastore", "fail", None, "bytes", now, "the file system did not answer os.stat")
+                check_entry(
+                    component, "datastore", "fail", None, "bytes", now, "the file system did not answer os.stat"
+                )
             ]
         else:
             checks.update(_sqlite_file_checks(db, component, now, file_bytes, wal_bytes))
@@ -230,9 +197,11 @@ async def _probe_checks(db: Database, probe: _Probe, deadline_s: float) -> Healt
                 else f"journal_mode is {journal_mode}, DATABASE_SQLITE_JOURNAL_MODE asks for {wanted}"
             )
             checks["sqlite:journalMode"] = [
-                _entry(component, "datastore", "warn" if mode_output else "pass", journal_mode, None, now, mode_output)
+                check_entry(
+                    component, "datastore", "warn" if mode_output else "pass", journal_mode, None, now, mode_output
+                )
             ]
-    return _report(checks)
+    return report_of(checks)
 
 
 async def _ping(engine: AsyncEngine, *, sqlite: bool) -> str | None:
@@ -274,7 +243,7 @@ def _connections_entry(
         # Exhausted while the probe waited: not ready. Saturated but the probe still got one: busy, not down.
         status = "fail" if ping_output is not None else "warn"
         output = f"all {capacity} pooled connections are in use; requests queue for DATABASE_POOL_TIMEOUT"
-    return _entry(component, "datastore", status, in_use, "connections", now, output)
+    return check_entry(component, "datastore", status, in_use, "connections", now, output)
 
 
 async def _migrations_entry(
@@ -299,7 +268,7 @@ async def _migrations_entry(
         except Exception as exc:
             unread = f"the migration state could not be read: {_describe_failure(exc, db)}"
     if probe.migrations_read_at is None:  # never read: report why, or nothing while unknown
-        return None if unread is None else _entry(component, "datastore", "warn", None, None, now, unread)
+        return None if unread is None else check_entry(component, "datastore", "warn", None, None, now, unread)
     state = probe.migrations
     if state is None:  # the project has no migrations
         return None
@@ -319,7 +288,7 @@ async def _migrations_entry(
         status, output = "warn", f"the database is not at the migrations head (at {at}, head {heads})"
     if unread is not None:  # the cached state still stands, but say that it could not be refreshed
         status, output = ("warn" if status == "pass" else status), (f"{output}; {unread}" if output else unread)
-    return _entry(component, "datastore", status, at, None, now, output)
+    return check_entry(component, "datastore", status, at, None, now, output)
 
 
 async def _read_migration_state(db: Database) -> _MigrationState | None:
@@ -347,7 +316,7 @@ def _sqlite_file_checks(
     db: Database, component: str, now: str, file_bytes: int | None, wal_bytes: int | None
 ) -> dict[str, list[dict[str, Any]]]:
     if file_bytes is None:
-        file_entry = _entry(
+        file_entry = check_entry(
             component,
             "datastore",
             "fail",
@@ -357,7 +326,7 @@ def _sqlite_file_checks(
             "the database file does not exist (deleted or moved while the service runs); restore it and restart",
         )
     else:
-        file_entry = _entry(component, "datastore", "pass", file_bytes, "bytes", now, None)
+        file_entry = check_entry(component, "datastore", "pass", file_bytes, "bytes", now, None)
     limit = db.settings.sqlite_journal_size_limit
     wal_output = None
     if wal_bytes is not None and limit > 0 and wal_bytes > WAL_WARN_FACTOR * limit:
@@ -365,7 +334,7 @@ def _sqlite_file_checks(
             f"the WAL is {wal_bytes} bytes, over {WAL_WARN_FACTOR}x DATABASE_SQLITE_JOURNAL_SIZE_LIMIT: "
             "long-running reads keep checkpoints from resetting it"
         )
-    wal_entry = _entry(
+    wal_entry = check_entry(
         component, "datastore", "warn" if wal_output else "pass", wal_bytes or 0, "bytes", now, wal_output
     )
     return {"sqlite:walSize": [wal_entry], "sqlite:fileSize": [file_entry]}
@@ -388,40 +357,6 @@ def _component_id(db: Database) -> str:
     return db.settings.async_url.database or "postgresql"
 
 
-def _entry(
-    component: str,
-    component_type: str,
-    status: HealthStatus,
-    observed_value: Any,
-    observed_unit: str | None,
-    time: str,
-    output: str | None,
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "componentId": component,
-        "componentType": component_type,
-        "observedValue": observed_value,
-    }
-    if observed_unit is not None:
-        entry["observedUnit"] = observed_unit
-    entry["status"] = status
-    entry["time"] = time
-    if output is not None:
-        entry["output"] = output
-    return entry
-
-
-def _report(checks: dict[str, list[dict[str, Any]]]) -> HealthReport:
-    entries = [entry for values in checks.values() for entry in values]
-    status: HealthStatus = max((entry["status"] for entry in entries), key=_RANK.__getitem__, default="pass")
-    outputs = [f"{name}: {entry['output']}" for name, values in checks.items() for entry in values if "output" in entry]
-    return HealthReport(status=status, checks=checks, output="; ".join(outputs) if status != "pass" else None)
-
-
 def _unanswered(db: Database, reason: str) -> HealthReport:
-    entry = _entry(_component_id(db), "datastore", "fail", None, "ms", _now(), reason)
-    return _report({"database:responseTime": [entry]})
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    entry = check_entry(_component_id(db), "datastore", "fail", None, "ms", timestamp(), reason)
+    return report_of({"database:responseTime": [entry]})

@@ -36,7 +36,7 @@ from dbfoundation.engine import BEGIN_LIMITS_KEY
 from dbfoundation.errors import WriteTimeout
 from dbfoundation.session import new_session, run_to_completion
 from dbfoundation.settings import DatabaseSettings
-from dbfoundation.sqlite_driver import BeginBusy
+from dbfoundation.sqlite_calls import BeginBusy
 
 __all__ = ["TransactionScope"]
 
@@ -195,7 +195,7 @@ class TransactionScope(Generic[Handle]):
                 **_inline_options(self._settings),
             }
         # A kept connection (the SQLite writer's, an SQLite reader's) is ours until we put it back.
-        held: AsyncConnection | None = admission.take_held() if admission is not None else None
+        held: AsyncConnection | None = admission.held.take() if admission is not None else None
         stale = None if held is None else held.sync_connection
         try:
             if held is not None and stale is not None and _begin_held(stale, limits):
@@ -282,7 +282,7 @@ class TransactionScope(Generic[Handle]):
 
     async def _keep_or_close(self, keeper: WriteAdmission | PoolGate) -> None:
         connection = self._handle_connection
-        if connection is not None and not keeper.put_held(connection):
+        if connection is not None and not keeper.held.put(connection):
             # The Database stopped during this transaction and closed its pools: close the connection
             # itself (checked in to a disposed pool it would stay open until garbage-collected).
             with contextlib.suppress(Exception):
