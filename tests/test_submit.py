@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbfoundation import Database, DuplicateKeyError
@@ -80,6 +82,67 @@ async def test_statement_units_run_together_and_a_duplicate_fails_alone(backend_
         assert results.count(1) == 298
         async with db.read() as session:
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 299
+
+
+async def test_a_statement_alone_in_its_batch_runs_without_a_savepoint(backend_url: str) -> None:
+    """One statement at a time (nothing to group): no SAVEPOINT, which costs two round trips on PostgreSQL.
+    A function keeps its SAVEPOINT (see the next test)."""
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        statements: list[str] = []
+
+        @event.listens_for(db.engines.writer.sync_engine, "before_cursor_execute")
+        def _record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        assert await db.submit(insert(items), {"id": 1, "key": "first"}) == 1
+        assert await db.submit(update(items).where(items.c.id == 1).values(n=5)) == 1
+        assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+
+        async def work(session: AsyncSession) -> str:
+            await session.execute(insert(items).values(id=2, key="from-a-function"))
+            return "done"
+
+        assert await db.submit(work) == "done"
+        assert [s for s in statements if "SAVEPOINT" in s.upper()], statements
+        async with db.read() as session:
+            assert sorted(await session.execute(select(items.c.key, items.c.n))) == [
+                ("first", 5),
+                ("from-a-function", 0),
+            ]
+
+
+async def test_a_statement_alone_that_fails_rolls_back_and_the_next_one_runs(backend_url: str) -> None:
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        assert await db.submit(insert(items), {"id": 1, "key": "kept"}) == 1
+        with pytest.raises(DuplicateKeyError):
+            await db.submit(insert(items), {"id": 2, "key": "kept"})
+        assert await db.submit(insert(items), {"id": 3, "key": "after-the-duplicate"}) == 1
+        async with db.read() as session:
+            assert sorted(await session.scalars(select(items.c.key))) == ["after-the-duplicate", "kept"]
+
+
+async def test_a_function_that_swallows_an_error_on_postgres_fails_instead_of_losing_its_write(
+    postgres_url: str,
+) -> None:
+    """On PostgreSQL a failed statement aborts the transaction and a later COMMIT rolls back without an
+    error (asyncpg raises none). Alone in its batch, a function still runs in a SAVEPOINT, whose RELEASE
+    fails: the caller learns that its write is gone instead of being told it succeeded."""
+    async with Database.from_url(postgres_url) as db:
+        await _setup(db)
+        await db.submit(insert(items), {"id": 1, "key": "taken"})
+
+        async def swallows(session: AsyncSession) -> str:
+            await session.execute(insert(items).values(id=2, key="written-first"))
+            with contextlib.suppress(DuplicateKeyError, IntegrityError):
+                await session.execute(insert(items).values(id=3, key="taken"))
+            return "reported success"
+
+        with pytest.raises(DBAPIError, match="current transaction is aborted"):
+            await db.submit(swallows)
+        async with db.read() as session:
+            assert sorted(await session.scalars(select(items.c.key))) == ["taken"]
 
 
 async def test_update_units_return_their_rowcount(backend_url: str) -> None:

@@ -1,11 +1,16 @@
 """Group commit behind db.submit(): queued write units share one transaction and one COMMIT.
 
 Each unit runs in its own SAVEPOINT, so a failing unit is rolled back alone and raises to its own caller
-only; every caller is resumed after the COMMIT that made its unit durable. Statement units of the same
-shape (the same INSERT with different parameters) run as one `executemany` inside one SAVEPOINT: first
-one SELECT per unique key fails the units whose key is taken (retried deliveries), then the rest run
-together, and only if that still fails does each run alone. This is where write throughput comes from:
-the per-transaction cost (admission, BEGIN, COMMIT, thread hops) is paid once per batch, not per unit.
+only; every caller is resumed after the COMMIT that made its unit durable. A batch of one statement needs
+no SAVEPOINT (on PostgreSQL two round trips of six): if it fails, the whole transaction is rolled back. A
+function keeps its SAVEPOINT even alone: it may catch a database error itself and return, and on
+PostgreSQL only the SAVEPOINT's RELEASE then reports that the transaction was aborted (a COMMIT would
+roll back silently, and asyncpg does not raise).
+Statement units of the same shape (the same INSERT with different parameters) run as one `executemany`
+inside one SAVEPOINT: first one SELECT per unique key fails the units whose key is taken (retried
+deliveries), then the rest run together, and only if that still fails does each run alone. This is where
+write throughput comes from: the per-transaction cost (admission, BEGIN, COMMIT, thread hops) is paid
+once per batch, not per unit.
 
 Units in a batch are independent (each caller awaits its own), so the batch runs same-shape INSERTs
 together and in a fixed order, whatever order they were queued in.
@@ -116,6 +121,8 @@ class GroupCommitter:
                 # whole transaction must go before the other writer can finish. Roll back, wait, rerun all.
                 await asyncio.sleep(random.uniform(0.005, 0.01) * 2**attempt)  # noqa: S311 - jittered backoff
                 continue
+            except _RollBackBatch:
+                pass  # a lone statement failed and was rolled back: its caller gets the statement's own error
             except BaseException as exc:  # admission, BEGIN, COMMIT or the connection failed: nothing committed
                 _fail_all(batch, exc)
                 if not isinstance(exc, Exception):
@@ -136,6 +143,10 @@ class _RetryBatch(Exception):  # a control-flow signal, never seen by callers
     """A unit hit a deadlock or serialization failure: roll the batch back and run it again."""
 
 
+class _RollBackBatch(Exception):  # a control-flow signal, never seen by callers
+    """The only statement of a batch failed (its outcome says how): roll the transaction back."""
+
+
 def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
     batch_error = (
         exc if isinstance(exc, Exception) else RuntimeError("the Database stopped before this write committed")
@@ -147,6 +158,9 @@ def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
 
 
 async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bool) -> None:
+    if len(batch) == 1 and batch[0].statement is not None:
+        await _run_only(session, batch[0], may_retry=may_retry)
+        return
     groups: dict[object, list[_Unit]] = {}
     runs: list[tuple[object, list[_Unit]]] = []  # in first-queued order; a unit that runs alone is a run of one
     for unit in batch:
@@ -241,6 +255,21 @@ async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry:
     for unit in units:
         unit.outcome = (True, 1)
     return True
+
+
+async def _run_only(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> None:
+    """The only statement of its batch, with no SAVEPOINT: on failure the whole transaction is rolled back."""
+    try:
+        value = await _execute_statement(session, unit)
+    except Exception as exc:
+        if may_retry and is_retryable(exc):
+            raise _RetryBatch from exc
+        typed = translate(exc, where="db.submit()")
+        if typed is not None:
+            typed.__cause__ = exc
+        unit.outcome = (False, typed or exc)
+        raise _RollBackBatch from None  # no cause: the transaction scope must not translate it
+    unit.outcome = (True, value)
 
 
 async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> None:
