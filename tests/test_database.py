@@ -14,9 +14,17 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from conftest import create_postgres_database, drop_postgres_database, require_postgres
-from dbfoundation import Database, DatabaseSettings, DatabaseUnavailable, ReadOnlyError, SessionStateError
+from dbfoundation import (
+    Database,
+    DatabaseSettings,
+    DatabaseUnavailable,
+    ReadOnlyError,
+    SessionStateError,
+    TransactionAborted,
+)
 from dbfoundation.admission import PoolGate
 from dbfoundation.engine import ALIVE_BYPASS_S
 
@@ -102,6 +110,57 @@ async def test_session_commit_inside_write_keeps_working(backend_url: str) -> No
             await session.execute(insert(parents).values(id=2, name="b"))
         async with db.read() as session:
             assert await session.scalar(select(parents.c.id).order_by(parents.c.id.desc())) == 2
+
+
+async def test_a_block_that_handles_a_failed_statement_never_reports_a_commit_that_did_not_happen(
+    backend_url: str,
+) -> None:
+    """The same block on both backends: it writes, then catches a duplicate key and goes on. SQLite undoes
+    only the failed statement and commits the rest. PostgreSQL aborts the whole transaction, and its COMMIT
+    would roll back without an error: db.write() raises TransactionAborted instead of returning normally.
+    Inside a SAVEPOINT the handled error is undone alone and the block commits on both."""
+    async with Database.from_url(backend_url) as db:
+        await _create_tables(db)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=1, name="taken"))
+
+        async def handles_the_duplicate(*, in_savepoint: bool, new_id: int) -> None:
+            async with db.write() as session:
+                await session.execute(insert(parents).values(id=new_id, name=f"written before {new_id}"))
+                try:
+                    if in_savepoint:
+                        async with session.begin_nested():
+                            await session.execute(insert(parents).values(id=1, name="duplicate"))
+                    else:
+                        await session.execute(insert(parents).values(id=1, name="duplicate"))
+                except IntegrityError:  # inside the block statements raise SQLAlchemy's errors
+                    pass
+
+        if db.backend == "postgresql":
+            with pytest.raises(TransactionAborted, match="begin_nested"):
+                await handles_the_duplicate(in_savepoint=False, new_id=2)
+        else:
+            await handles_the_duplicate(in_savepoint=False, new_id=2)
+        await handles_the_duplicate(in_savepoint=True, new_id=3)
+        async with db.write() as session:  # the connection is clean again
+            await session.execute(insert(parents).values(id=4, name="after"))
+        async with db.read() as session:
+            names = set((await session.execute(select(parents.c.name))).scalars())
+        written = {"taken", "written before 3", "after"} | ({"written before 2"} if db.backend == "sqlite" else set())
+        assert names == written
+
+
+async def test_postgres_a_client_side_error_does_not_abort_the_transaction(postgres_url: str) -> None:
+    """asyncpg refuses a value it cannot encode before the server sees it: the transaction is intact and
+    commits (only a server error aborts it)."""
+    async with Database.from_url(postgres_url) as db:
+        await _create_tables(db)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=1, name="kept"))
+            with pytest.raises(DBAPIError, match="invalid input for query argument"):
+                await session.execute(text("INSERT INTO parents (id, name) VALUES (:id, 'x')"), {"id": "one"})
+        async with db.read() as session:
+            assert (await session.execute(select(parents.c.name))).scalars().all() == ["kept"]
 
 
 async def test_read_refuses_writes_on_both_backends(backend_url: str) -> None:

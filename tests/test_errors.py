@@ -44,6 +44,7 @@ from dbfoundation.errors import (
     NotNullViolation,
     ReadOnlyError,
     SessionStateError,
+    TransactionAborted,
     WriteTimeout,
 )
 from dbfoundation.models import NAMING_CONVENTION
@@ -66,6 +67,7 @@ SAMPLES: dict[type[DatabaseError], tuple[DatabaseError, str]] = {
         "Use 'async with db:' first.",
     ),
     ReadOnlyError: (ReadOnlyError("db.read()"), "Use db.write()"),
+    TransactionAborted: (TransactionAborted(), "session.begin_nested()"),
     IntegrityViolation: (IntegrityViolation("ck_x", "x", ("x.a",)), "the write was rolled back"),
     DuplicateKeyError: (DuplicateKeyError("uq_users_email", "users", ("users.email",)), "uq_users_email"),
     ForeignKeyViolation: (ForeignKeyViolation(None, None), "foreign key constraint was violated"),

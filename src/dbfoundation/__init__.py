@@ -16,6 +16,7 @@ from dbfoundation.errors import (
     NotNullViolation,
     ReadOnlyError,
     SessionStateError,
+    TransactionAborted,
     WriteTimeout,
 )
 from dbfoundation.settings import DatabaseSettings
@@ -37,5 +38,6 @@ __all__ = [
     "NotNullViolation",
     "ReadOnlyError",
     "SessionStateError",
+    "TransactionAborted",
     "WriteTimeout",
 ]

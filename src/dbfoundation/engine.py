@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, PoolProxiedConnection
 from sqlalchemy.util.concurrency import await_
 
+from dbfoundation import postgres_driver
 from dbfoundation.errors import DatabaseUnavailable
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
@@ -147,6 +148,7 @@ def _sqlite_engine(
 def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
     engine = create_async_engine(
         url,
+        module=postgres_driver.adapted_dbapi(),  # COMMIT of an aborted transaction raises, see there
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_recycle=settings.pool_recycle,

@@ -8,6 +8,7 @@ DatabaseError                         everything dbfoundation raises on purpose
 ├── WriteTimeout (TimeoutError)       the write slot was not free before the deadline
 ├── SessionStateError (RuntimeError)  Database used before start or after stop
 ├── ReadOnlyError                     a write attempted through db.read()
+├── TransactionAborted                PostgreSQL: a statement failed earlier in the transaction; nothing committed
 ├── IntegrityViolation                a constraint refused the data
 │   ├── DuplicateKeyError             unique or primary key
 │   ├── ForeignKeyViolation
@@ -47,6 +48,7 @@ __all__ = [
     "NotNullViolation",
     "ReadOnlyError",
     "SessionStateError",
+    "TransactionAborted",
     "WriteTimeout",
 ]
 
@@ -125,6 +127,27 @@ class ReadOnlyError(DatabaseError):
         return (
             f"{self.where} is read-only and refused a write. Use db.write() (or db.submit()) "
             "for statements that change data."
+        )
+
+
+class TransactionAborted(DatabaseError):
+    """PostgreSQL: the transaction reached COMMIT after one of its statements had failed; nothing was written.
+
+    PostgreSQL aborts the whole transaction at its first failed statement and turns a later COMMIT into a
+    rollback without an error; this is raised instead of reporting success when the block caught that
+    error itself and went on.
+    """
+
+    def __init__(self, where: str = "The transaction") -> None:
+        super().__init__(where)
+        self.where = where
+
+    def __str__(self) -> str:
+        return (
+            f"{self.where} was rolled back, not committed: one of its statements failed and the block went "
+            "on, and PostgreSQL aborts the whole transaction at a failed statement. Run a statement whose "
+            "error you handle in a SAVEPOINT (async with session.begin_nested(): ...), or let the error end "
+            "the block."
         )
 
 

@@ -1,0 +1,114 @@
+# mypy: disable-error-code="no-untyped-call"
+# (SQLAlchemy's asyncpg adapter, which this subclasses, has no annotations.)
+"""SQLAlchemy's asyncpg adapter, refusing to COMMIT a transaction that PostgreSQL has already aborted.
+
+PostgreSQL aborts a whole transaction at its first failed statement; a COMMIT afterwards rolls it back and
+answers `ROLLBACK` without an error, and asyncpg returns from it normally. A block that catches a database
+error and goes on (say, a duplicate key it means to ignore) would therefore be told that its transaction
+committed while nothing in it was written; on SQLite the same code commits the rest. This adapter notes a
+server error raised inside a transaction and raises TransactionAborted at COMMIT instead (after rolling
+back). A successful `ROLLBACK TO SAVEPOINT` ends the aborted state, as it does on the server, so errors
+handled inside `session.begin_nested()` are fine.
+
+Installed with `create_async_engine(url, module=adapted_dbapi())`, as sqlite_driver is for SQLite.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from sqlalchemy.dialects.postgresql.asyncpg import (
+    AsyncAdapt_asyncpg_connection,
+    AsyncAdapt_asyncpg_cursor,
+    AsyncAdapt_asyncpg_dbapi,
+    AsyncAdapt_asyncpg_ss_cursor,
+)
+from sqlalchemy.util.concurrency import await_
+
+from dbfoundation.errors import TransactionAborted
+
+__all__ = ["AbortAwareConnection", "adapted_dbapi"]
+
+_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT"
+
+
+def _note_rollback_to(cursor: Any, operation: Any) -> None:
+    if isinstance(operation, str) and operation.startswith(_ROLLBACK_TO):
+        cursor._adapt_connection._aborted = False  # the server left the aborted state with it
+
+
+def _sent_by_the_server(error: Exception) -> bool:
+    """Only an error the server sent aborts its transaction. asyncpg raises some of its own client-side
+    errors as PostgresError too (a value it cannot encode is a DataError, SQLSTATE 22000) before the server
+    sees the statement; those carry no severity, which every server ErrorResponse has."""
+    return getattr(error, "severity", None) is not None
+
+
+class _Cursor(AsyncAdapt_asyncpg_cursor):
+    __slots__ = ()
+
+    def execute(self, operation: Any, parameters: Any = None) -> None:
+        super().execute(operation, parameters)
+        _note_rollback_to(self, operation)
+
+
+class _ServerSideCursor(AsyncAdapt_asyncpg_ss_cursor):
+    __slots__ = ()
+
+    def execute(self, operation: Any, parameters: Any = None) -> None:
+        super().execute(operation, parameters)
+        _note_rollback_to(self, operation)
+
+
+class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
+    """The adapted connection; `_aborted` is True from a server error inside a transaction until the
+    transaction ends or a ROLLBACK TO SAVEPOINT succeeds."""
+
+    __slots__ = ("_aborted",)
+    _cursor_cls = _Cursor
+    _ss_cursor_cls = _ServerSideCursor
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._aborted = False
+
+    def _handle_exception(self, error: Exception) -> NoReturn:
+        if self._transaction is not None and _sent_by_the_server(error):
+            self._aborted = True
+        super()._handle_exception(error)
+
+    async def _start_transaction(self) -> None:
+        self._aborted = False
+        await super()._start_transaction()
+
+    def rollback(self) -> None:
+        self._aborted = False
+        super().rollback()
+
+    def commit(self) -> None:
+        if self._aborted and self._transaction is not None:
+            self.rollback()  # what the server's COMMIT would have done, without pretending it committed
+            raise TransactionAborted()
+        super().commit()
+
+
+class _AbortAwareDBAPI(AsyncAdapt_asyncpg_dbapi):
+    def connect(self, *arg: Any, **kw: Any) -> AbortAwareConnection:
+        creator_fn = kw.pop("async_creator_fn", self.asyncpg.connect)
+        prepared_statement_cache_size = kw.pop("prepared_statement_cache_size", 100)
+        prepared_statement_name_func = kw.pop("prepared_statement_name_func", None)
+        return await_(
+            AbortAwareConnection.create(
+                self,
+                creator_fn(*arg, **kw),
+                prepared_statement_cache_size=prepared_statement_cache_size,
+                prepared_statement_name_func=prepared_statement_name_func,
+            )
+        )
+
+
+def adapted_dbapi() -> Any:
+    """The DBAPI module object to pass as `module=` to create_async_engine for a postgresql+asyncpg URL."""
+    import asyncpg
+
+    return _AbortAwareDBAPI(asyncpg)
