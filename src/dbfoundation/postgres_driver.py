@@ -32,11 +32,6 @@ __all__ = ["AbortAwareConnection", "adapted_dbapi"]
 _ROLLBACK_TO = "ROLLBACK TO SAVEPOINT"
 
 
-def _note_rollback_to(cursor: Any, operation: Any) -> None:
-    if isinstance(operation, str) and operation.startswith(_ROLLBACK_TO):
-        cursor._adapt_connection._aborted = False  # the server left the aborted state with it
-
-
 def _sent_by_the_server(error: Exception) -> bool:
     """Only an error the server sent aborts its transaction. asyncpg raises some of its own client-side
     errors as PostgresError too (a value it cannot encode is a DataError, SQLSTATE 22000) before the server
@@ -44,51 +39,63 @@ def _sent_by_the_server(error: Exception) -> bool:
     return getattr(error, "severity", None) is not None
 
 
-class _Cursor(AsyncAdapt_asyncpg_cursor):
+def _end_aborted(connection: Any) -> None:
+    connection._mark_aborted(False)  # a ROLLBACK TO SAVEPOINT succeeded: the server left the aborted state
+
+
+class _WatchingCursor(AsyncAdapt_asyncpg_cursor):
     __slots__ = ()
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         super().execute(operation, parameters)
-        _note_rollback_to(self, operation)
+        if isinstance(operation, str) and operation.startswith(_ROLLBACK_TO):
+            _end_aborted(self._adapt_connection)
 
 
-class _ServerSideCursor(AsyncAdapt_asyncpg_ss_cursor):
+class _WatchingServerSideCursor(AsyncAdapt_asyncpg_ss_cursor):
     __slots__ = ()
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         super().execute(operation, parameters)
-        _note_rollback_to(self, operation)
+        if isinstance(operation, str) and operation.startswith(_ROLLBACK_TO):
+            _end_aborted(self._adapt_connection)
 
 
 class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
     """The adapted connection; `_aborted` is True from a server error inside a transaction until the
-    transaction ends or a ROLLBACK TO SAVEPOINT succeeds."""
+    transaction ends or a ROLLBACK TO SAVEPOINT succeeds.
 
-    __slots__ = ("_aborted",)
-    _cursor_cls = _Cursor
-    _ss_cursor_cls = _ServerSideCursor
+    Only while it is True do its cursors look at each statement (for that ROLLBACK TO SAVEPOINT): the
+    stock cursors otherwise, so a statement costs what it did without this class.
+    """
+
+    __slots__ = ("_aborted", "_cursor_cls", "_ss_cursor_cls")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._aborted = False
+        self._mark_aborted(False)
+
+    def _mark_aborted(self, aborted: bool) -> None:
+        self._aborted = aborted
+        self._cursor_cls = _WatchingCursor if aborted else AsyncAdapt_asyncpg_cursor
+        self._ss_cursor_cls = _WatchingServerSideCursor if aborted else AsyncAdapt_asyncpg_ss_cursor
 
     def _handle_exception(self, error: Exception) -> NoReturn:
-        if self._transaction is not None and _sent_by_the_server(error):
-            self._aborted = True
+        if self._transaction is not None and not self._aborted and _sent_by_the_server(error):
+            self._mark_aborted(True)
         super()._handle_exception(error)
 
-    async def _start_transaction(self) -> None:
-        self._aborted = False
-        await super()._start_transaction()
-
     def rollback(self) -> None:
-        self._aborted = False
+        if self._aborted:
+            self._mark_aborted(False)
         super().rollback()
 
     def commit(self) -> None:
-        if self._aborted and self._transaction is not None:
-            self.rollback()  # what the server's COMMIT would have done, without pretending it committed
-            raise TransactionAborted()
+        if self._aborted:
+            self._mark_aborted(False)
+            if self._transaction is not None:
+                self.rollback()  # what the server's COMMIT would have done, without pretending it committed
+                raise TransactionAborted()
         super().commit()
 
 
