@@ -262,12 +262,7 @@ async def _run_only(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> N
     try:
         value = await _execute_statement(session, unit)
     except Exception as exc:
-        if may_retry and is_retryable(exc):
-            raise _RetryBatch from exc
-        typed = translate(exc, where="db.submit()")
-        if typed is not None:
-            typed.__cause__ = exc
-        unit.outcome = (False, typed or exc)
+        _record_failure(unit, exc, may_retry=may_retry)
         raise _RollBackBatch from None  # no cause: the transaction scope must not translate it
     unit.outcome = (True, value)
 
@@ -294,12 +289,17 @@ async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> 
                 value = await _execute_statement(session, unit)
         unit.outcome = (True, value)
     except Exception as exc:
-        if may_retry and is_retryable(exc):
-            raise _RetryBatch from exc
-        typed = translate(exc, where="db.submit()")
-        if typed is not None:
-            typed.__cause__ = exc
-        unit.outcome = (False, typed or exc)
+        _record_failure(unit, exc, may_retry=may_retry)
+
+
+def _record_failure(unit: _Unit, exc: Exception, *, may_retry: bool) -> None:
+    """The unit's own failure, typed, as its outcome; a deadlock or serialization failure reruns the batch."""
+    if may_retry and is_retryable(exc):
+        raise _RetryBatch from exc
+    typed = translate(exc, where="db.submit()")
+    if typed is not None:
+        typed.__cause__ = exc
+    unit.outcome = (False, typed or exc)
 
 
 async def _execute_statement(session: AsyncSession, unit: _Unit) -> Any:

@@ -39,26 +39,24 @@ def _sent_by_the_server(error: Exception) -> bool:
     return getattr(error, "severity", None) is not None
 
 
-def _end_aborted(connection: Any) -> None:
-    connection._mark_aborted(False)  # a ROLLBACK TO SAVEPOINT succeeded: the server left the aborted state
+class _WatchesRollbackTo:
+    """Cursor mixin: a successful ROLLBACK TO SAVEPOINT ends the connection's aborted state, as on the server."""
 
-
-class _WatchingCursor(AsyncAdapt_asyncpg_cursor):
     __slots__ = ()
+    _adapt_connection: Any
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
-        super().execute(operation, parameters)
+        super().execute(operation, parameters)  # type: ignore[misc]
         if isinstance(operation, str) and operation.startswith(_ROLLBACK_TO):
-            _end_aborted(self._adapt_connection)
+            self._adapt_connection._mark_aborted(False)
 
 
-class _WatchingServerSideCursor(AsyncAdapt_asyncpg_ss_cursor):
+class _WatchingCursor(_WatchesRollbackTo, AsyncAdapt_asyncpg_cursor):
     __slots__ = ()
 
-    def execute(self, operation: Any, parameters: Any = None) -> None:
-        super().execute(operation, parameters)
-        if isinstance(operation, str) and operation.startswith(_ROLLBACK_TO):
-            _end_aborted(self._adapt_connection)
+
+class _WatchingServerSideCursor(_WatchesRollbackTo, AsyncAdapt_asyncpg_ss_cursor):
+    __slots__ = ()
 
 
 class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
