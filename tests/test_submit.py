@@ -126,9 +126,9 @@ async def test_a_statement_alone_that_fails_rolls_back_and_the_next_one_runs(bac
 async def test_a_function_that_swallows_an_error_on_postgres_fails_instead_of_losing_its_write(
     postgres_url: str,
 ) -> None:
-    """On PostgreSQL a failed statement aborts the transaction and a later COMMIT rolls back without an
-    error (asyncpg raises none). Alone in its batch, a function still runs in a SAVEPOINT, whose RELEASE
-    fails: the caller learns that its write is gone instead of being told it succeeded."""
+    """On PostgreSQL a failed statement aborts the transaction, even when the function catches the error.
+    Alone in its batch, a function still runs in a SAVEPOINT, whose RELEASE fails: the caller learns that
+    its write is gone instead of being told it succeeded."""
     async with Database.from_url(postgres_url) as db:
         await _setup(db)
         await db.submit(insert(items), {"id": 1, "key": "taken"})

@@ -3,9 +3,10 @@
 Each unit runs in its own SAVEPOINT, so a failing unit is rolled back alone and raises to its own caller
 only; every caller is resumed after the COMMIT that made its unit durable. A batch of one statement needs
 no SAVEPOINT (on PostgreSQL two round trips of six): if it fails, the whole transaction is rolled back. A
-function keeps its SAVEPOINT even alone: it may catch a database error itself and return, and on
-PostgreSQL only the SAVEPOINT's RELEASE then reports that the transaction was aborted (a COMMIT would
-roll back silently, and asyncpg does not raise).
+function keeps its SAVEPOINT even alone: it may catch a database error itself and return, which on
+PostgreSQL aborts the transaction; the SAVEPOINT's RELEASE then fails that unit with the server's own
+error.
+
 Statement units of the same shape (the same INSERT with different parameters) run as one `executemany`
 inside one SAVEPOINT: first one SELECT per unique key fails the units whose key is taken (retried
 deliveries), then the rest run together, and only if that still fails does each run alone. This is where
