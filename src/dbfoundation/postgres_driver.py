@@ -99,6 +99,8 @@ class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
 
 class _AbortAwareDBAPI(AsyncAdapt_asyncpg_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> AbortAwareConnection:
+        # SQLAlchemy's connect() with our class: its adapter cannot be re-wrapped afterwards (it consumes
+        # these keyword arguments), nor can its __class__ change (the slots differ).
         creator_fn = kw.pop("async_creator_fn", self.asyncpg.connect)
         prepared_statement_cache_size = kw.pop("prepared_statement_cache_size", 100)
         prepared_statement_name_func = kw.pop("prepared_statement_name_func", None)
