@@ -1,4 +1,4 @@
-"""db.submit(): group commit with a SAVEPOINT per unit, on both backends."""
+"""db.submit(): group commit, optimistic batches rerun with a SAVEPOINT per unit, on both backends."""
 
 from __future__ import annotations
 
@@ -84,9 +84,10 @@ async def test_statement_units_run_together_and_a_duplicate_fails_alone(backend_
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 299
 
 
-async def test_a_statement_alone_in_its_batch_runs_without_a_savepoint(backend_url: str) -> None:
-    """One statement at a time (nothing to group): no SAVEPOINT, which costs two round trips on PostgreSQL.
-    A function keeps its SAVEPOINT (see the next test)."""
+async def test_units_run_without_savepoints_until_one_fails(backend_url: str) -> None:
+    """A batch runs with no SAVEPOINT (two round trips per unit on PostgreSQL, most of a small function's ORM
+    work on SQLite): alone or together, statements and functions. A failing unit sends its batch back to run
+    with a SAVEPOINT per unit: the others still commit, and a function that ran twice counts once."""
     async with Database.from_url(backend_url) as db:
         await _setup(db)
         statements: list[str] = []
@@ -95,21 +96,38 @@ async def test_a_statement_alone_in_its_batch_runs_without_a_savepoint(backend_u
         def _record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
             statements.append(statement)
 
+        def savepoints() -> list[str]:
+            return [s for s in statements if "SAVEPOINT" in s.upper()]
+
+        runs: dict[int, int] = {}
+
+        def function(i: int, *, fails: bool = False) -> Any:
+            async def work(session: AsyncSession) -> int:
+                runs[i] = runs.get(i, 0) + 1
+                await session.execute(insert(items).values(id=i, key=f"k{i}"))
+                if fails:
+                    raise UnitFailed(i)
+                return i
+
+            return work
+
         assert await db.submit(insert(items), {"id": 1, "key": "first"}) == 1
         assert await db.submit(update(items).where(items.c.id == 1).values(n=5)) == 1
-        assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+        assert await db.submit(function(2)) == 2
+        assert await asyncio.gather(*(db.submit(function(i)) for i in range(3, 8))) == [3, 4, 5, 6, 7]
+        assert savepoints() == [], statements
+        assert runs == dict.fromkeys(range(2, 8), 1)
 
-        async def work(session: AsyncSession) -> str:
-            await session.execute(insert(items).values(id=2, key="from-a-function"))
-            return "done"
-
-        assert await db.submit(work) == "done"
-        assert [s for s in statements if "SAVEPOINT" in s.upper()], statements
+        batch = [db.submit(function(i, fails=i == 10)) for i in range(8, 13)]  # queued together: one batch
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        assert results[:2] + results[3:] == [8, 9, 11, 12]
+        assert isinstance(results[2], UnitFailed)
+        assert savepoints(), "the batch with a failing unit runs again, carefully"
+        assert runs[8] == runs[9] == runs[10] == 2  # the optimistic run stopped at the failure
+        assert runs[11] == runs[12] == 1
         async with db.read() as session:
-            assert sorted(await session.execute(select(items.c.key, items.c.n))) == [
-                ("first", 5),
-                ("from-a-function", 0),
-            ]
+            rows = sorted(await session.execute(select(items.c.id, items.c.n)))
+        assert rows == [(1, 5)] + [(i, 0) for i in (2, 3, 4, 5, 6, 7, 8, 9, 11, 12)]
 
 
 async def test_a_statement_alone_that_fails_rolls_back_and_the_next_one_runs(backend_url: str) -> None:
@@ -143,6 +161,34 @@ async def test_a_function_that_swallows_an_error_on_postgres_fails_instead_of_lo
             await db.submit(swallows)
         async with db.read() as session:
             assert sorted(await session.scalars(select(items.c.key))) == ["taken"]
+
+
+async def test_a_function_that_swallows_an_error_ending_the_sqlite_transaction_loses_no_write_silently(
+    sqlite_url: str,
+) -> None:
+    """`INSERT OR ROLLBACK` (like a full disk) rolls back SQLite's whole transaction; a function that swallows
+    its error leaves the batch with no transaction, where the next units would commit on their own. The
+    batch is sent back to run carefully: no caller is told its write committed unless it is there."""
+    async with Database.from_url(sqlite_url) as db:
+        await _setup(db)
+        await db.submit(insert(items), {"id": 1, "key": "taken"})
+
+        def function(i: int) -> Any:
+            async def work(session: AsyncSession) -> int:
+                await session.execute(insert(items).values(id=10 + i, key=f"k{i}"))
+                if i == 2:
+                    with contextlib.suppress(DBAPIError, IntegrityError, DuplicateKeyError):
+                        await session.execute(text("INSERT OR ROLLBACK INTO items (id, key) VALUES (99, 'taken')"))
+                return i
+
+            return work
+
+        results = await asyncio.gather(*(db.submit(function(i)) for i in range(5)), return_exceptions=True)
+        async with db.read() as session:
+            stored = set(await session.scalars(select(items.c.id)))
+        told_committed = {10 + i for i, r in enumerate(results) if r == i}
+        assert told_committed <= stored
+        assert stored - told_committed == {1}
 
 
 async def test_update_units_return_their_rowcount(backend_url: str) -> None:

@@ -1,17 +1,24 @@
 """Group commit behind db.submit(): queued write units share one transaction and one COMMIT.
 
-Each unit runs in its own SAVEPOINT, so a failing unit is rolled back alone and raises to its own caller
-only; every caller is resumed after the COMMIT that made its unit durable. A batch of one statement needs
-no SAVEPOINT (on PostgreSQL two round trips of six): if it fails, the whole transaction is rolled back. A
-function keeps its SAVEPOINT even alone: it may catch a database error itself and return, which on
-PostgreSQL aborts the transaction; the SAVEPOINT's RELEASE then fails that unit with the server's own
-error.
+Every caller is resumed after the COMMIT that made its unit durable, and a failing unit raises to its own
+caller only, leaving nothing behind. A batch first runs with no SAVEPOINTs ("optimistic"): if no unit
+fails, it commits as it is. If one fails, or a function swallowed a database error that left the
+transaction unable to commit (PostgreSQL aborts a transaction at any failed statement; SQLite rolls it
+back at a full disk), the batch is rolled back and runs again "carefully", each unit in its own
+SAVEPOINT, which gives every unit its own outcome; the next few batches run carefully at once. A SAVEPOINT
+and its RELEASE are two round trips per unit on PostgreSQL and most of a small function's ORM work on
+SQLite: running without them doubled `submit(fn)` throughput on both (benchmarks/RESULTS.md). So a
+function may run more than once, as it may after a deadlock; only the run that commits counts.
 
-Statement units of the same shape (the same INSERT with different parameters) run as one `executemany`
-inside one SAVEPOINT: first one SELECT per unique key fails the units whose key is taken (retried
-deliveries), then the rest run together, and only if that still fails does each run alone. This is where
-write throughput comes from: the per-transaction cost (admission, BEGIN, COMMIT, thread hops) is paid
-once per batch, not per unit.
+A batch of one unit needs no rerun: if it fails, the transaction is rolled back and the caller gets the
+error (a function that swallowed an error still goes through the careful run, whose RELEASE fails that
+unit with the server's own error instead of reporting a write that is gone).
+
+Statement units of the same shape (the same INSERT with different parameters) run as one `executemany`:
+first one SELECT per unique key fails the units whose key is taken (retried deliveries), then the rest run
+together; when run carefully, only if that still fails does each run alone. This is where write
+throughput comes from: the per-transaction cost (admission, BEGIN, COMMIT, thread hops) is paid once per
+batch, not per unit.
 
 Units in a batch are independent (each caller awaits its own), so the batch runs same-shape INSERTs
 together and in a fixed order, whatever order they were queued in.
@@ -26,7 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Column, Insert, PrimaryKeyConstraint, Table, UniqueConstraint, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +46,7 @@ __all__ = ["GroupCommitter"]
 
 MAX_BATCH = 256
 _BATCH_ATTEMPTS = 5  # a batch hit by a PostgreSQL deadlock or serialization failure runs at most this often
+_CAREFUL_AFTER_FAILURE = 8  # batches that run with SAVEPOINTs at once after an optimistic batch failed
 
 
 @dataclass(eq=False)
@@ -75,6 +83,7 @@ class GroupCommitter:
         self._queue: deque[_Unit] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._careful_batches = 0  # after an optimistic batch failed: this many run with SAVEPOINTs at once
 
     async def submit_function(self, function: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
         return await self._submit(_Unit(asyncio.get_running_loop().create_future(), function=function))
@@ -111,16 +120,27 @@ class GroupCommitter:
                 await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Unit]) -> None:
-        for attempt in range(1, _BATCH_ATTEMPTS + 1):
+        careful = self._careful_batches > 0
+        if careful:
+            self._careful_batches -= 1
+        attempt = 1
+        while True:
             for unit in batch:
                 unit.outcome = None
             try:
                 async with self._transaction() as session:
-                    await _run_units(session, batch, may_retry=attempt < _BATCH_ATTEMPTS)
+                    await _run_units(session, batch, may_retry=attempt < _BATCH_ATTEMPTS, careful=careful)
+            except _RunCarefully:
+                # A unit failed with no SAVEPOINT to undo it alone: nothing committed; run the batch again
+                # with one per unit (not a retry: the attempts are for deadlocks).
+                careful = True
+                self._careful_batches = _CAREFUL_AFTER_FAILURE
+                continue
             except _RetryBatch:
                 # A deadlock or serialization failure: our earlier units still hold their locks, so the
                 # whole transaction must go before the other writer can finish. Roll back, wait, rerun all.
                 await asyncio.sleep(random.uniform(0.005, 0.01) * 2**attempt)  # noqa: S311 - jittered backoff
+                attempt += 1
                 continue
             except _RollBackBatch:
                 pass  # a lone statement failed and was rolled back: its caller gets the statement's own error
@@ -144,6 +164,10 @@ class _RetryBatch(Exception):  # a control-flow signal, never seen by callers
     """A unit hit a deadlock or serialization failure: roll the batch back and run it again."""
 
 
+class _RunCarefully(Exception):  # a control-flow signal, never seen by callers
+    """A unit of an optimistic batch failed: roll back, run the batch again with a SAVEPOINT per unit."""
+
+
 class _RollBackBatch(Exception):  # a control-flow signal, never seen by callers
     """The only statement of a batch failed (its outcome says how): roll the transaction back."""
 
@@ -158,9 +182,9 @@ def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
             unit.future.set_exception(unit.outcome[1] if own_failure else batch_error)  # type: ignore[index]
 
 
-async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bool) -> None:
-    if len(batch) == 1 and batch[0].statement is not None:
-        await _run_only(session, batch[0], may_retry=may_retry)
+async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bool, careful: bool) -> None:
+    if not careful:
+        await _run_optimistically(session, batch, may_retry=may_retry)
         return
     groups: dict[object, list[_Unit]] = {}
     runs: list[tuple[object, list[_Unit]]] = []  # in first-queued order; a unit that runs alone is a run of one
@@ -258,13 +282,61 @@ async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry:
     return True
 
 
-async def _run_only(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> None:
-    """The only statement of its batch, with no SAVEPOINT: on failure the whole transaction is rolled back."""
+async def _run_optimistically(session: AsyncSession, batch: list[_Unit], *, may_retry: bool) -> None:
+    """Every unit with no SAVEPOINT. A lone unit's failure rolls the transaction back; in a larger batch the
+    first failure, or a transaction a function left unable to commit, sends the batch to run carefully."""
+    pooled = await (await session.connection()).get_raw_connection()
+    if len(batch) == 1:
+        await _run_only(session, pooled, batch[0], may_retry=may_retry)
+        return
+    groups: dict[object, list[_Unit]] = {}
+    for unit in batch:
+        groups.setdefault(unit.group_key() or unit, []).append(unit)
+    for key, units in groups.items():
+        if isinstance(key, _Unit):
+            try:
+                key.outcome = (True, await _run_unit(session, key))
+            except Exception as exc:
+                _raise_to_rerun(exc, may_retry=may_retry)
+            if _cannot_commit(pooled):
+                raise _RunCarefully
+            continue
+        units.sort(key=_Unit.sort_key)  # one order of unique-index locks in every process, see _run_units
+        units = await _refuse_taken_keys(session, units)
+        if not units:
+            continue
+        statement = units[0].statement
+        assert statement is not None  # noqa: S101 - group_key only groups statement units
+        try:
+            connection = await session.connection()
+            await connection.execute(statement, [dict(u.params or {}) for u in units])
+        except Exception as exc:
+            _raise_to_rerun(exc, may_retry=may_retry)
+        for unit in units:
+            unit.outcome = (True, 1)
+
+
+def _cannot_commit(pooled: Any) -> bool:
+    """Whether the transaction can no longer commit what it ran (see the drivers' `cannot_commit`)."""
+    check = getattr(pooled.dbapi_connection, "cannot_commit", None)
+    return check is not None and bool(check())
+
+
+def _raise_to_rerun(exc: Exception, *, may_retry: bool) -> NoReturn:
+    if may_retry and is_retryable(exc):
+        raise _RetryBatch from exc
+    raise _RunCarefully from None
+
+
+async def _run_only(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retry: bool) -> None:
+    """The only unit of its batch, with no SAVEPOINT: on failure the whole transaction is rolled back."""
     try:
-        value = await _execute_statement(session, unit)
+        value = await _run_unit(session, unit)
     except Exception as exc:
         _record_failure(unit, exc, may_retry=may_retry)
         raise _RollBackBatch from None  # no cause: the transaction scope must not translate it
+    if unit.function is not None and _cannot_commit(pooled):
+        raise _RunCarefully  # the function swallowed an error: the careful run gives it the server's
     unit.outcome = (True, value)
 
 
@@ -301,6 +373,10 @@ def _record_failure(unit: _Unit, exc: Exception, *, may_retry: bool) -> None:
     if typed is not None:
         typed.__cause__ = exc
     unit.outcome = (False, typed or exc)
+
+
+async def _run_unit(session: AsyncSession, unit: _Unit) -> Any:
+    return await unit.function(session) if unit.function is not None else await _execute_statement(session, unit)
 
 
 async def _execute_statement(session: AsyncSession, unit: _Unit) -> Any:

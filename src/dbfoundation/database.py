@@ -303,8 +303,9 @@ class Database:
         """Run one small write in a shared transaction with other queued writes (group commit).
 
         `work` is an async function given a session, or a Core statement with its `params`
-        (an INSERT returns 1; an UPDATE/DELETE returns its rowcount). Each unit runs in its own
-        SAVEPOINT: a failing unit raises to its caller alone and leaves nothing behind. Returns only
+        (an INSERT returns 1; an UPDATE/DELETE returns its rowcount). A failing unit raises to its
+        caller alone and leaves nothing behind: its batch is rolled back and runs again with a SAVEPOINT
+        per unit, so a function may run more than once (only the run that commits counts). Returns only
         after the COMMIT that made the unit durable. Same-shape INSERTs run as one executemany.
         """
         self._require_started("db.submit()")

@@ -78,6 +78,10 @@ class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
         self._cursor_cls = _WatchingCursor if aborted else AsyncAdapt_asyncpg_cursor
         self._ss_cursor_cls = _WatchingServerSideCursor if aborted else AsyncAdapt_asyncpg_ss_cursor
 
+    def cannot_commit(self) -> bool:
+        """Whether a server error aborted the open transaction (its COMMIT would only roll back)."""
+        return self._aborted
+
     def _handle_exception(self, error: Exception) -> NoReturn:
         if self._transaction is not None and not self._aborted and _sent_by_the_server(error):
             self._mark_aborted(True)

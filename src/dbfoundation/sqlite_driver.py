@@ -200,6 +200,11 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._inline = self._inline_commit = False
         self._read_steps = 0
 
+    def cannot_commit(self) -> bool:
+        """Whether SQLite ended the begun transaction by itself: a full disk, an I/O error or an `OR ROLLBACK`
+        conflict roll all of it back, and the statements after would each commit on their own."""
+        return self._pending_begin is None and not self._connection._conn.in_transaction
+
     def defer_begin(self, begin: PendingBegin) -> None:
         self._pending_begin = begin
         self._on_commit = None
