@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sqlite3
@@ -161,6 +162,39 @@ async def test_postgres_a_client_side_error_does_not_abort_the_transaction(postg
                 await session.execute(text("INSERT INTO parents (id, name) VALUES (:id, 'x')"), {"id": "one"})
         async with db.read() as session:
             assert (await session.execute(select(parents.c.name))).scalars().all() == ["kept"]
+
+
+async def test_postgres_code_on_the_asyncpg_connection_that_handles_a_failed_statement_gets_transaction_aborted(
+    postgres_url: str,
+) -> None:
+    """Statements sent on the asyncpg connection itself (db.raw(), or a session's driver connection) bypass
+    SQLAlchemy's adapter; the COMMIT the server then answers with ROLLBACK raises TransactionAborted instead
+    of returning as if the block had committed. A SAVEPOINT of asyncpg's own still works."""
+    async with Database.from_url(postgres_url) as db:
+        await _create_tables(db)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=1, name="taken"))
+
+        with pytest.raises(TransactionAborted):
+            async with db.raw() as driver:
+                await driver.execute("INSERT INTO parents (id, name) VALUES (2, 'lost with the raw block')")
+                with contextlib.suppress(asyncpg.UniqueViolationError):
+                    await driver.execute("INSERT INTO parents (id, name) VALUES (1, 'duplicate')")
+
+        with pytest.raises(TransactionAborted):
+            async with db.write() as session:
+                await session.execute(insert(parents).values(id=3, name="lost with the session"))
+                driver = (await (await session.connection()).get_raw_connection()).driver_connection
+                with contextlib.suppress(asyncpg.UniqueViolationError):
+                    await driver.execute("INSERT INTO parents (id, name) VALUES (1, 'duplicate')")
+
+        async with db.raw() as driver:
+            await driver.execute("INSERT INTO parents (id, name) VALUES (4, 'kept')")
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                async with driver.transaction():  # a SAVEPOINT inside the raw block's transaction
+                    await driver.execute("INSERT INTO parents (id, name) VALUES (1, 'duplicate')")
+        async with db.read() as session:
+            assert sorted((await session.execute(select(parents.c.name))).scalars()) == ["kept", "taken"]
 
 
 async def test_read_refuses_writes_on_both_backends(backend_url: str) -> None:

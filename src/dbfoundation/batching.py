@@ -143,7 +143,7 @@ class GroupCommitter:
                 attempt += 1
                 continue
             except _RollBackBatch:
-                pass  # a lone statement failed and was rolled back: its caller gets the statement's own error
+                pass  # a lone unit failed and was rolled back: its caller gets the unit's own error
             except BaseException as exc:  # admission, BEGIN, COMMIT or the connection failed: nothing committed
                 _fail_all(batch, exc)
                 if not isinstance(exc, Exception):
@@ -169,7 +169,7 @@ class _RunCarefully(Exception):  # a control-flow signal, never seen by callers
 
 
 class _RollBackBatch(Exception):  # a control-flow signal, never seen by callers
-    """The only statement of a batch failed (its outcome says how): roll the transaction back."""
+    """The only unit of a batch failed (its outcome says how): roll the transaction back."""
 
 
 def _fail_all(batch: list[_Unit], exc: BaseException) -> None:

@@ -10,11 +10,16 @@ server error raised inside a transaction and raises TransactionAborted at COMMIT
 back). A successful `ROLLBACK TO SAVEPOINT` ends the aborted state, as it does on the server, so errors
 handled inside `session.begin_nested()` are fine.
 
+Statements sent on the asyncpg connection itself (db.raw(), or a session's driver connection) do not pass
+through this adapter; for them the asyncpg connection class checks the COMMIT's answer: the server tags
+the COMMIT of an aborted transaction `ROLLBACK`, and that raises TransactionAborted too.
+
 Installed with `create_async_engine(url, module=adapted_dbapi())`, as sqlite_driver is for SQLite.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NoReturn
 
 from sqlalchemy.dialects.postgresql.asyncpg import (
@@ -106,6 +111,7 @@ class _AbortAwareDBAPI(AsyncAdapt_asyncpg_dbapi):
         # SQLAlchemy's connect() with our class: its adapter cannot be re-wrapped afterwards (it consumes
         # these keyword arguments), nor can its __class__ change (the slots differ).
         creator_fn = kw.pop("async_creator_fn", self.asyncpg.connect)
+        kw.setdefault("connection_class", _commit_checking_connection_class())
         prepared_statement_cache_size = kw.pop("prepared_statement_cache_size", 100)
         prepared_statement_name_func = kw.pop("prepared_statement_name_func", None)
         return await_(
@@ -116,6 +122,30 @@ class _AbortAwareDBAPI(AsyncAdapt_asyncpg_dbapi):
                 prepared_statement_name_func=prepared_statement_name_func,
             )
         )
+
+
+@functools.cache
+def _commit_checking_connection_class() -> type[Any]:
+    import asyncpg  # only PostgreSQL users pay for importing it
+
+    class CommitCheckingConnection(asyncpg.Connection):  # type: ignore[misc]
+        """asyncpg's connection; a COMMIT the server answers with ROLLBACK raises TransactionAborted."""
+
+        __slots__ = ()
+
+        def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+            # A plain method, not a coroutine around asyncpg's: every query but COMMIT costs one call more.
+            if args or not query.startswith(("COMMIT", "commit")):
+                return super().execute(query, *args, timeout=timeout)
+            return self._checked_commit(query, timeout)
+
+        async def _checked_commit(self, query: str, timeout: float | None) -> str:  # noqa: ASYNC109 - asyncpg's
+            status: str = await super().execute(query, timeout=timeout)
+            if status == "ROLLBACK":  # the server's answer to COMMIT of an aborted transaction
+                raise TransactionAborted()
+            return status
+
+    return CommitCheckingConnection
 
 
 def adapted_dbapi() -> Any:
