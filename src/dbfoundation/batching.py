@@ -336,7 +336,7 @@ async def _run_only(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retr
         _record_failure(unit, exc, may_retry=may_retry)
         raise _RollBackBatch from None  # no cause: the transaction scope must not translate it
     if unit.function is not None and _cannot_commit(pooled):
-        raise _RunCarefully  # the function swallowed an error: the careful run gives it the server's
+        raise _RunCarefully  # it swallowed an error: the careful run fails it with the server's own
     unit.outcome = (True, value)
 
 

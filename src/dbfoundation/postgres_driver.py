@@ -111,7 +111,8 @@ class _AbortAwareDBAPI(AsyncAdapt_asyncpg_dbapi):
         # SQLAlchemy's connect() with our class: its adapter cannot be re-wrapped afterwards (it consumes
         # these keyword arguments), nor can its __class__ change (the slots differ).
         creator_fn = kw.pop("async_creator_fn", self.asyncpg.connect)
-        kw.setdefault("connection_class", _commit_checking_connection_class())
+        if creator_fn is self.asyncpg.connect:  # a creator of the caller's own may not take connection_class
+            kw.setdefault("connection_class", _commit_checking_connection_class())
         prepared_statement_cache_size = kw.pop("prepared_statement_cache_size", 100)
         prepared_statement_name_func = kw.pop("prepared_statement_name_func", None)
         return await_(
