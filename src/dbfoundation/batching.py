@@ -186,28 +186,35 @@ async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bo
     if not careful:
         await _run_optimistically(session, batch, may_retry=may_retry)
         return
-    groups: dict[object, list[_Unit]] = {}
-    runs: list[tuple[object, list[_Unit]]] = []  # in first-queued order; a unit that runs alone is a run of one
-    for unit in batch:
-        key = unit.group_key()
-        if key is None:
-            runs.append((None, [unit]))
-        elif key not in groups:
-            groups[key] = [unit]
-            runs.append((key, groups[key]))
-        else:
-            groups[key].append(unit)
-    for key, units in runs:
-        if key is not None:
-            # Same-shape INSERTs are independent, so their order is ours to choose: every process inserting
-            # rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
-            units.sort(key=_Unit.sort_key)
-        if key is not None and len(units) > 1:
+    for grouped, units in _runs(batch):
+        if grouped and len(units) > 1:
             units = await _refuse_taken_keys(session, units)
             if len(units) > 1 and await _run_together(session, units, may_retry=may_retry):
                 continue
         for unit in units:
             await _run_alone(session, unit, may_retry=may_retry)
+
+
+def _runs(batch: list[_Unit]) -> list[tuple[bool, list[_Unit]]]:
+    """The batch as runs in first-queued order: same-shape INSERTs together (grouped), every other unit alone.
+
+    Same-shape INSERTs are independent, so their order is ours to choose: sorted, every process inserting
+    rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
+    """
+    groups: dict[object, list[_Unit]] = {}
+    runs: list[tuple[bool, list[_Unit]]] = []
+    for unit in batch:
+        key = unit.group_key()
+        if key is None:
+            runs.append((False, [unit]))
+        elif key not in groups:
+            groups[key] = [unit]
+            runs.append((True, groups[key]))
+        else:
+            groups[key].append(unit)
+    for units in groups.values():
+        units.sort(key=_Unit.sort_key)
+    return runs
 
 
 async def _refuse_taken_keys(session: AsyncSession, units: list[_Unit]) -> list[_Unit]:
@@ -289,19 +296,16 @@ async def _run_optimistically(session: AsyncSession, batch: list[_Unit], *, may_
     if len(batch) == 1:
         await _run_only(session, pooled, batch[0], may_retry=may_retry)
         return
-    groups: dict[object, list[_Unit]] = {}
-    for unit in batch:
-        groups.setdefault(unit.group_key() or unit, []).append(unit)
-    for key, units in groups.items():
-        if isinstance(key, _Unit):
+    for grouped, units in _runs(batch):
+        if not grouped:
+            (unit,) = units
             try:
-                key.outcome = (True, await _run_unit(session, key))
+                unit.outcome = (True, await _run_unit(session, unit))
             except Exception as exc:
                 _raise_to_rerun(exc, may_retry=may_retry)
             if _cannot_commit(pooled):
                 raise _RunCarefully
             continue
-        units.sort(key=_Unit.sort_key)  # one order of unique-index locks in every process, see _run_units
         units = await _refuse_taken_keys(session, units)
         if not units:
             continue
