@@ -151,6 +151,36 @@ async def test_a_block_that_handles_a_failed_statement_never_reports_a_commit_th
         assert names == written
 
 
+async def test_sqlite_a_block_that_handles_an_error_ending_the_transaction_gets_transaction_aborted(
+    sqlite_url: str,
+) -> None:
+    """At a few errors (a full disk, an I/O error, an `OR ROLLBACK` conflict) SQLite rolls back the whole
+    transaction, and each later statement would then commit on its own: a block that catches such an error
+    and goes on must not half-commit. Its next statement raises TransactionAborted, as does its end when
+    no statement follows; the writer is usable again afterwards."""
+    async with Database.from_url(sqlite_url) as db:
+        await _create_tables(db)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=1, name="taken"))
+        or_rollback = text("INSERT OR ROLLBACK INTO parents (id, name) VALUES (1, 'duplicate')")
+
+        with pytest.raises(TransactionAborted, match="SQLite rolls back the whole transaction"):
+            async with db.write() as session:
+                await session.execute(insert(parents).values(id=2, name="rolled back by SQLite"))
+                with contextlib.suppress(IntegrityError):
+                    await session.execute(or_rollback)
+                await session.execute(insert(parents).values(id=3, name="would commit alone"))
+        with pytest.raises(TransactionAborted):
+            async with db.write() as session:
+                await session.execute(insert(parents).values(id=4, name="rolled back by SQLite"))
+                with contextlib.suppress(IntegrityError):
+                    await session.execute(or_rollback)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=5, name="after"))
+        async with db.read() as session:
+            assert sorted(await session.scalars(select(parents.c.id))) == [1, 5]
+
+
 async def test_postgres_a_client_side_error_does_not_abort_the_transaction(postgres_url: str) -> None:
     """asyncpg refuses a value it cannot encode before the server sees it: the transaction is intact and
     commits (only a server error aborts it)."""

@@ -5,14 +5,17 @@ caller only, leaving nothing behind. A batch first runs with no SAVEPOINTs ("opt
 fails, it commits as it is. If one fails, or a function swallowed a database error that left the
 transaction unable to commit (PostgreSQL aborts a transaction at any failed statement; SQLite rolls it
 back at a full disk), the batch is rolled back and runs again "carefully", each unit in its own
-SAVEPOINT, which gives every unit its own outcome; the next few batches run carefully at once. A SAVEPOINT
+SAVEPOINT, which gives every unit its own outcome; the next few batches run carefully at once. There, a
+function that returns normally from a transaction that can no longer commit fails with TransactionAborted
+and its SAVEPOINT is rolled back; SQLite's whole-transaction rollbacks (a full disk, `OR ROLLBACK`) survive
+no SAVEPOINT, so that unit fails alone and the batch runs again carefully without it. A SAVEPOINT
 and its RELEASE are two round trips per unit on PostgreSQL and most of a small function's ORM work on
 SQLite: running without them doubled `submit(fn)` throughput on both (benchmarks/RESULTS.md). So a
 function may run more than once, as it may after a deadlock; only the run that commits counts.
 
 A batch of one unit needs no rerun: if it fails, the transaction is rolled back and the caller gets the
-error (a function that swallowed an error still goes through the careful run, whose RELEASE fails that
-unit with the server's own error instead of reporting a write that is gone).
+error (a function that swallowed an error still goes through the careful run, which fails it with
+TransactionAborted instead of reporting a write that is gone).
 
 Statement units of the same shape (the same INSERT with different parameters) run as one `executemany`:
 first one SELECT per unique key fails the units whose key is taken (retried deliveries), then the rest run
@@ -40,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from dbfoundation.driver_errors import is_retryable, translate
-from dbfoundation.errors import DuplicateKeyError, IntegrityViolation
+from dbfoundation.errors import DuplicateKeyError, IntegrityViolation, TransactionAborted
 
 __all__ = ["GroupCommitter"]
 
@@ -144,6 +147,14 @@ class GroupCommitter:
                 continue
             except _RollBackBatch:
                 pass  # a lone unit failed and was rolled back: its caller gets the unit's own error
+            except _RerunWithout as signal:
+                # A careful unit left the transaction unable to commit: it alone gets the failure, the rest
+                # (rolled back with it) run again without it.
+                if not signal.unit.future.done():
+                    signal.unit.future.set_exception(signal.error)
+                batch = [unit for unit in batch if unit is not signal.unit]
+                if batch:
+                    continue
             except BaseException as exc:  # admission, BEGIN, COMMIT or the connection failed: nothing committed
                 _fail_all(batch, exc)
                 if not isinstance(exc, Exception):
@@ -168,6 +179,14 @@ class _RunCarefully(Exception):  # a control-flow signal, never seen by callers
     """A unit of an optimistic batch failed: roll back, run the batch again with a SAVEPOINT per unit."""
 
 
+class _RerunWithout(Exception):  # a control-flow signal, never seen by callers
+    """A unit of a careful batch left the transaction unable to commit: fail it, run the rest again."""
+
+    def __init__(self, unit: _Unit, error: Exception) -> None:
+        super().__init__()
+        self.unit, self.error = unit, error
+
+
 class _RollBackBatch(Exception):  # a control-flow signal, never seen by callers
     """The only unit of a batch failed (its outcome says how): roll the transaction back."""
 
@@ -186,13 +205,14 @@ async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bo
     if not careful:
         await _run_optimistically(session, batch, may_retry=may_retry)
         return
+    pooled = await (await session.connection()).get_raw_connection()
     for grouped, units in _runs(batch):
         if grouped and len(units) > 1:
             units = await _refuse_taken_keys(session, units)
-            if len(units) > 1 and await _run_together(session, units, may_retry=may_retry):
+            if len(units) > 1 and await _run_together(session, pooled, units, may_retry=may_retry):
                 continue
         for unit in units:
-            await _run_alone(session, unit, may_retry=may_retry)
+            await _run_alone(session, pooled, unit, may_retry=may_retry)
 
 
 def _runs(batch: list[_Unit]) -> list[tuple[bool, list[_Unit]]]:
@@ -273,7 +293,7 @@ def _unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[C
     return found
 
 
-async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry: bool) -> bool:
+async def _run_together(session: AsyncSession, pooled: Any, units: list[_Unit], *, may_retry: bool) -> bool:
     statement = units[0].statement
     assert statement is not None  # noqa: S101 - group_key only groups statement units
     try:
@@ -283,6 +303,8 @@ async def _run_together(session: AsyncSession, units: list[_Unit], *, may_retry:
     except Exception as exc:
         if may_retry and is_retryable(exc):
             raise _RetryBatch from exc
+        if _cannot_commit(pooled):
+            raise  # SQLite rolled back everything (a full disk): the batch fails with the error itself
         return False  # one bad row sinks the executemany: rerun one SAVEPOINT per unit to find it
     for unit in units:
         unit.outcome = (True, 1)
@@ -344,7 +366,18 @@ async def _run_only(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retr
     unit.outcome = (True, value)
 
 
-async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> None:
+async def _run_alone(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retry: bool) -> None:
+    """One unit of a careful batch in its own SAVEPOINT (a statement on SQLite needs none)."""
+    await _run_in_savepoint(session, pooled, unit, may_retry=may_retry)
+    if _cannot_commit(pooled):
+        # Still unable to commit after its SAVEPOINT was rolled back: SQLite rolled back the whole
+        # transaction (the units before this one too), which no SAVEPOINT can keep.
+        outcome = unit.outcome
+        failure = outcome[1] if outcome is not None and not outcome[0] else None
+        raise _RerunWithout(unit, failure or _aborted("This db.submit() unit", session))
+
+
+async def _run_in_savepoint(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retry: bool) -> None:
     try:
         if unit.function is None and session.bind is not None and session.bind.dialect.name == "sqlite":
             # One statement needs no SAVEPOINT on SQLite: a constraint violation undoes only its own
@@ -362,11 +395,26 @@ async def _run_alone(session: AsyncSession, unit: _Unit, *, may_retry: bool) -> 
         async with session.begin_nested():
             if unit.function is not None:
                 value = await unit.function(session)
+                if _cannot_commit(pooled):
+                    # It swallowed an error that ended the transaction: rolling back to its SAVEPOINT
+                    # recovers the transaction on PostgreSQL; the unit fails instead of reporting success.
+                    raise _Swallowed
             else:
                 value = await _execute_statement(session, unit)
         unit.outcome = (True, value)
+    except _Swallowed:
+        unit.outcome = (False, _aborted("This db.submit() function", session))
     except Exception as exc:
         _record_failure(unit, exc, may_retry=may_retry)
+
+
+class _Swallowed(Exception):  # a control-flow signal, never seen by callers
+    """A function returned normally from a transaction that can no longer commit."""
+
+
+def _aborted(where: str, session: AsyncSession) -> TransactionAborted:
+    sqlite = session.bind is not None and session.bind.dialect.name == "sqlite"
+    return TransactionAborted(where, backend="sqlite" if sqlite else "postgresql")
 
 
 def _record_failure(unit: _Unit, exc: Exception, *, may_retry: bool) -> None:

@@ -8,7 +8,7 @@ DatabaseError                         everything dbfoundation raises on purpose
 ├── WriteTimeout (TimeoutError)       the write slot was not free before the deadline
 ├── SessionStateError (RuntimeError)  Database used before start or after stop
 ├── ReadOnlyError                     a write attempted through db.read()
-├── TransactionAborted                PostgreSQL: a statement failed earlier in the transaction; nothing committed
+├── TransactionAborted                a failed statement ended the whole transaction earlier; nothing committed
 ├── IntegrityViolation                a constraint refused the data
 │   ├── DuplicateKeyError             unique or primary key
 │   ├── ForeignKeyViolation
@@ -131,18 +131,27 @@ class ReadOnlyError(DatabaseError):
 
 
 class TransactionAborted(DatabaseError):
-    """PostgreSQL: the transaction reached COMMIT after one of its statements had failed; nothing was written.
+    """A statement failed in a way that ended the whole transaction, and the block went on; nothing was written.
 
     PostgreSQL aborts the whole transaction at its first failed statement and turns a later COMMIT into a
-    rollback without an error; this is raised instead of reporting success when the block caught that
-    error itself and went on.
+    rollback without an error. SQLite rolls the whole transaction back at a few errors (a full disk, an I/O
+    error, an `OR ROLLBACK` conflict), after which each later statement would commit on its own. This is
+    raised instead of reporting success (PostgreSQL: at the COMMIT; SQLite: at the next statement or the
+    COMMIT) when the block caught that error itself and went on.
     """
 
-    def __init__(self, where: str = "The transaction") -> None:
-        super().__init__(where)
-        self.where = where
+    def __init__(self, where: str = "The transaction", backend: str = "postgresql") -> None:
+        super().__init__(where, backend)
+        self.where, self.backend = where, backend
 
     def __str__(self) -> str:
+        if self.backend == "sqlite":
+            return (
+                f"{self.where} was rolled back, not committed: one of its statements failed with an error at "
+                "which SQLite rolls back the whole transaction (a full disk, an I/O error, an OR ROLLBACK "
+                "conflict), and the block went on; not even a SAVEPOINT keeps what ran before it. Let that "
+                "error end the block, then run the block again (once the disk has room)."
+            )
         return (
             f"{self.where} was rolled back, not committed: one of its statements failed and the block went "
             "on, and PostgreSQL aborts the whole transaction at a failed statement. Run a statement whose "

@@ -27,6 +27,10 @@ with SQLite's busy wait off, so the rare lock a reader can meet (WAL recovery, a
 locking mode) is waited for on the thread, never on the loop. A reader's COMMIT, which only ends its
 snapshot, runs inline.
 
+At a full disk, an I/O error or an `OR ROLLBACK` conflict SQLite rolls back the whole transaction, and
+each later statement would commit on its own: after a statement error that left no transaction, the next
+statement and the COMMIT raise TransactionAborted instead (the block caught the error and went on).
+
 Installed with `create_async_engine(url, module=adapted_dbapi())`: the dialect stays
 `sqlite+aiosqlite`, and `db.raw()` still hands out the plain aiosqlite connection (after `begin_now()`).
 """
@@ -47,6 +51,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
+from dbfoundation.errors import TransactionAborted
 from dbfoundation.sqlite_calls import (
     PendingBegin,
     begin_without_waiting,
@@ -120,6 +125,9 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             adapted._prelude.append(operation)
             self._description, self._rowcount, self._lastrowid, self._rows = None, -1, None, deque()
             return
+        if adapted._ended_by_sqlite:
+            # Else this statement would run, and commit, on its own: what ran before it is gone.
+            raise TransactionAborted(backend="sqlite")
         connection = self._connection
         begin = adapted._pending_begin
         if begin is not None and begin.admit is not None:
@@ -134,6 +142,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         state = adapted._thread_state
         state.pop("began", None)
         raw = connection._conn
+        began_here = begin is not None  # the BEGIN runs with this statement (if it fails, state tells)
         try:
             if adapted._inline and not many and (begin is None or begin_without_waiting(raw, begin, state)):
                 # The writer's turn is taken, so no SQLite lock can be waited for: the statement costs
@@ -156,10 +165,14 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                 args = (raw, begin, state, prelude, operation, parameters, many)
                 outcome = await_(connection._execute(run_statement, *args))
         except Exception as error:
-            if begin is None or adapted._thread_state.get("began"):
+            if begin is None or state.get("began"):
                 adapted._pending_begin = None  # else BEGIN itself failed: rollback() has nothing to end
+                adapted._began = adapted._began or began_here
+                # A full disk, an I/O error or an OR ROLLBACK conflict rolls back the whole transaction.
+                adapted._ended_by_sqlite = adapted._began and not raw.in_transaction
             adapted._handle_exception(error)
         adapted._pending_begin = None
+        adapted._began = adapted._began or began_here
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = deque(rows) if rows else deque()
 
@@ -174,6 +187,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """The adapted connection: one-hop cursors, and a BEGIN that waits for the first statement."""
 
     __slots__ = (
+        "_began",
+        "_ended_by_sqlite",
         "_inline",
         "_inline_commit",
         "_on_commit",
@@ -194,11 +209,15 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._inline = self._inline_commit = False  # the admitted transaction's PendingBegin.inline*
         self._read_steps = 0  # the read transaction's PendingBegin.inline_read_steps
         self._reads_held_back: Callable[[], bool] | None = None  # and its inline_reads_held_back
+        self._began = False  # the transaction's BEGIN ran (through a statement or begin_now())
+        self._ended_by_sqlite = False  # a statement's error made SQLite roll back the whole transaction
 
     def _end_modes(self) -> None:
-        """Forget the transaction's inline modes (taken from its PendingBegin at the first statement)."""
+        """Forget the transaction's inline modes (taken from its PendingBegin at the first statement) and
+        whether it began."""
         self._inline = self._inline_commit = False
         self._read_steps = 0
+        self._began = self._ended_by_sqlite = False
 
     def cannot_commit(self) -> bool:
         """Whether SQLite ended the begun transaction by itself: a full disk, an I/O error or an `OR ROLLBACK`
@@ -221,6 +240,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             self._prelude = []
             await self._connection._execute(run_prelude, self._connection._conn, begin, self._thread_state, prelude)
             self._pending_begin = None
+            self._began = self._began or begin is not None
 
     async def rollback_now(self) -> None:
         """End the transaction at the driver (a no-op when its BEGIN never ran), outside SQLAlchemy."""
@@ -237,6 +257,9 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._pending_begin is not None:  # nothing ran: there is no transaction to commit
             self._pending_begin = None
             return
+        if self._ended_by_sqlite:
+            self.rollback()
+            raise TransactionAborted(backend="sqlite")
         inline = self._inline_commit
         self._end_modes()
         try:
