@@ -38,12 +38,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from sqlalchemy import Column, Insert, PrimaryKeyConstraint, Table, UniqueConstraint, select, tuple_
+from sqlalchemy import Insert, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from dbfoundation.driver_errors import is_retryable, translate
-from dbfoundation.errors import DuplicateKeyError, IntegrityViolation, TransactionAborted
+from dbfoundation.errors import IntegrityViolation, TransactionAborted
+from dbfoundation.taken_keys import refuse_taken_keys
 
 __all__ = ["GroupCommitter"]
 
@@ -238,59 +239,18 @@ def _runs(batch: list[_Unit]) -> list[tuple[bool, list[_Unit]]]:
 
 
 async def _refuse_taken_keys(session: AsyncSession, units: list[_Unit]) -> list[_Unit]:
-    """Fail, up front, the INSERTs whose unique key is already taken (in the table or earlier in the batch).
-
-    Retried deliveries are the common case in ingest workloads, and one duplicate sinks a whole
-    executemany; one SELECT per unique key of the table finds them first, so the rest still run together.
-    On SQLite the write lock is held, so the answer cannot change before the INSERT; elsewhere a
-    concurrent insert is still caught by the database and the group falls back to one unit at a time.
-    """
-    statement = units[0].statement
-    table = getattr(statement, "table", None)
+    """Fail, up front, the INSERTs whose unique key is already taken (see taken_keys); the rest run on."""
+    table = getattr(units[0].statement, "table", None)
     if not isinstance(table, Table):
         return units
-    connection = await session.connection()
-    unique_keys = _unique_keys(table, set(units[0].params or {}))
-    claimed: list[set[tuple[Any, ...]]] = []  # per unique key: values in the table, then claimed by this batch
-    for _name, columns in unique_keys:
-        wanted = list({key for u in units if None not in (key := _key_of(u, columns))})  # NULLs never collide
-        taken: set[tuple[Any, ...]] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            condition = columns[0].in_([k[0] for k in chunk]) if len(columns) == 1 else tuple_(*columns).in_(chunk)
-            taken.update(tuple(row) for row in await connection.execute(select(*columns).where(condition)))
-        claimed.append(taken)
+    refusals = await refuse_taken_keys(await session.connection(), table, [u.params or {} for u in units])
     survivors: list[_Unit] = []
-    for unit in units:
-        keys = [_key_of(unit, columns) for _name, columns in unique_keys]
-        clash = next((i for i, key in enumerate(keys) if None not in key and key in claimed[i]), None)
-        if clash is not None:
-            name, columns = unique_keys[clash]
-            shown = tuple(f"{table.name}.{column.name}" for column in columns)
-            unit.outcome = (False, DuplicateKeyError(name, table.name, shown))
-            continue
-        for i, key in enumerate(keys):  # only a unit that will run claims its keys for the rest of the batch
-            if None not in key:
-                claimed[i].add(key)
-        survivors.append(unit)
+    for unit, refusal in zip(units, refusals, strict=True):
+        if refusal is None:
+            survivors.append(unit)
+        else:
+            unit.outcome = (False, refusal)
     return survivors
-
-
-def _key_of(unit: _Unit, columns: list[Column[Any]]) -> tuple[Any, ...]:
-    return tuple((unit.params or {})[column.key] for column in columns)
-
-
-def _unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
-    """The table's unique keys (primary key, unique constraints, unique indexes) fully given by `given`."""
-    found: list[tuple[str | None, list[Column[Any]]]] = []
-    candidates: list[tuple[Any, list[Column[Any]]]] = [
-        (c.name, list(c.columns)) for c in table.constraints if isinstance(c, PrimaryKeyConstraint | UniqueConstraint)
-    ]
-    candidates += [(i.name, [c for c in i.columns if isinstance(c, Column)]) for i in table.indexes if i.unique]
-    for name, columns in candidates:
-        if columns and all(column.key in given for column in columns):
-            found.append((name if isinstance(name, str) else None, columns))
-    return found
 
 
 async def _run_together(session: AsyncSession, pooled: Any, units: list[_Unit], *, may_retry: bool) -> bool:
