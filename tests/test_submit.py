@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbfoundation import Database, DuplicateKeyError, TransactionAborted
+from dbfoundation.database import _submit_lock_key
 
 metadata = MetaData()
 items = Table(
@@ -235,6 +236,28 @@ async def test_same_shape_inserts_from_two_databases_do_not_deadlock(postgres_ur
         assert outcomes.count(1) == 200
         async with first.read() as session:
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 200
+
+
+async def test_postgres_only_batches_holding_a_function_wait_for_other_processes_batches(postgres_url: str) -> None:
+    """The advisory lock that serialises submit() batches across processes is taken only by batches that
+    hold a function (which may read what it writes). While another session holds it, as another process's
+    batch would, a batch of statements alone commits at once; a function's batch waits for it."""
+    async with Database.from_url(postgres_url) as db, Database.from_url(postgres_url) as other:
+        await _setup(db)
+        async with other.write() as holder:
+            await holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _submit_lock_key(db.settings)})
+            assert await asyncio.wait_for(db.submit(insert(items), {"id": 1, "key": "statement"}), 5) == 1
+
+            async def function(session: AsyncSession) -> str:
+                await session.execute(insert(items).values(id=2, key="function"))
+                return "committed"
+
+            waiting = asyncio.ensure_future(db.submit(function))
+            done, _pending = await asyncio.wait([waiting], timeout=0.5)
+            assert not done  # behind the lock the other session holds
+        assert await asyncio.wait_for(waiting, 5) == "committed"
+        async with db.read() as session:
+            assert sorted(await session.scalars(select(items.c.key))) == ["function", "statement"]
 
 
 async def test_postgres_deadlocks_between_batches_are_retried_not_raised(postgres_url: str) -> None:

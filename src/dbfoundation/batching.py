@@ -78,11 +78,13 @@ class _Unit:
 class GroupCommitter:
     """One background task per Database drains the queue in batches of at most MAX_BATCH units.
 
-    `transaction()` must yield a session inside a fresh write transaction and commit it on exit (the
-    Database passes its write path, so admission and BEGIN IMMEDIATE apply to every batch).
+    `transaction(serialised)` must yield a session inside a fresh write transaction and commit it on exit
+    (the Database passes its write path, so admission and BEGIN IMMEDIATE apply to every batch).
+    `serialised` is True when the batch holds a function: a function may read what it then writes, so
+    its batch must not overlap another process's (PostgreSQL; SQLite serialises every write anyway).
     """
 
-    def __init__(self, transaction: Callable[[], AbstractAsyncContextManager[AsyncSession]]) -> None:
+    def __init__(self, transaction: Callable[[bool], AbstractAsyncContextManager[AsyncSession]]) -> None:
         self._transaction = transaction
         self._queue: deque[_Unit] = deque()
         self._worker: asyncio.Task[None] | None = None
@@ -132,7 +134,7 @@ class GroupCommitter:
             for unit in batch:
                 unit.outcome = None
             try:
-                async with self._transaction() as session:
+                async with self._transaction(any(unit.function is not None for unit in batch)) as session:
                     await _run_units(session, batch, may_retry=attempt < _BATCH_ATTEMPTS, careful=careful)
             except _RunCarefully:
                 # A unit failed with no SAVEPOINT to undo it alone: nothing committed; run the batch again

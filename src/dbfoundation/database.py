@@ -382,16 +382,20 @@ class Database:
         )
 
     @contextlib.asynccontextmanager
-    async def _batch_transaction(self) -> AsyncIterator[AsyncSession]:
-        if self._joined is not None or self.backend == "sqlite":  # SQLite batches are serialised anyway
+    async def _batch_transaction(self, serialised: bool) -> AsyncIterator[AsyncSession]:
+        if not serialised or self._joined is not None or self.backend == "sqlite":
+            # SQLite batches are serialised anyway; a batch of statements alone needs no lock (below).
             async with self.write() as session:
                 yield session
             return
-        # PostgreSQL: batches of several processes would run side by side, and a unit that reads then
+        # PostgreSQL: batches of several processes would run side by side, and a function that reads then
         # writes (a counter) would lose updates. A transaction-level advisory lock taken first serialises
-        # the batches of every process, as SQLite's write slot does; at READ COMMITTED each later statement
-        # then sees what the previous batch committed. (REPEATABLE READ was tried: under contention its
-        # serialization failures outran any sane number of retries.)
+        # the batches of every process that hold a function, as SQLite's write slot does; at READ COMMITTED
+        # each later statement then sees what the previous batch committed. (REPEATABLE READ was tried:
+        # under contention its serialization failures outran any sane number of retries.) A statement is
+        # atomic by itself, so batches of statements alone run side by side, as db.write() blocks do:
+        # their INSERTs go in one sorted order (no deadlock between them), and a deadlock or a duplicate
+        # that another batch committed meanwhile sends the batch to its retry or its careful run.
         async with self.write() as session:
             lock = text("SELECT pg_advisory_xact_lock(:key)")
             await session.execute(lock, {"key": _submit_lock_key(self.settings)})
