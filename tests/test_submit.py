@@ -85,6 +85,28 @@ async def test_statement_units_run_together_and_a_duplicate_fails_alone(backend_
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 299
 
 
+async def test_same_shape_inserts_run_in_the_order_of_their_unique_key(backend_url: str) -> None:
+    """A group of same-shape INSERTs runs sorted by the table's unique key, whatever order the values come
+    in and were queued in: every process then takes that index's locks in one order, so two such batches
+    cannot deadlock (on PostgreSQL they run side by side)."""
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        sent: list[Any] = []
+
+        @event.listens_for(db.engines.writer.sync_engine, "before_cursor_execute")
+        def _record(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, executemany: bool) -> None:
+            if executemany and statement.startswith("INSERT"):
+                sent.extend(parameters)
+
+        keys = ["m", "c", "x", "a", "q"]
+        rows = [{"n": 9 - i, "key": key} for i, key in enumerate(keys)]  # n falls as the keys go unsorted
+        assert await asyncio.gather(*(db.submit(insert(items), row) for row in rows)) == [1] * 5
+        key_of = {row["n"]: row["key"] for row in rows}
+        # Positional parameters follow the table's columns (key, n); look the key up by n, a dict or not.
+        names = [key_of[p["n"] if isinstance(p, dict) else p[1]] for p in sent]
+        assert names == sorted(keys)
+
+
 async def test_units_run_without_savepoints_until_one_fails(backend_url: str) -> None:
     """A batch runs with no SAVEPOINT (two round trips per unit on PostgreSQL, most of a small function's ORM
     work on SQLite): alone or together, statements and functions. A failing unit sends its batch back to run
@@ -238,26 +260,41 @@ async def test_same_shape_inserts_from_two_databases_do_not_deadlock(postgres_ur
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 200
 
 
-async def test_postgres_only_batches_holding_a_function_wait_for_other_processes_batches(postgres_url: str) -> None:
-    """The advisory lock that serialises submit() batches across processes is taken only by batches that
-    hold a function (which may read what it writes). While another session holds it, as another process's
-    batch would, a batch of statements alone commits at once; a function's batch waits for it."""
-    async with Database.from_url(postgres_url) as db, Database.from_url(postgres_url) as other:
+async def test_postgres_only_insert_batches_that_cannot_deadlock_overlap_other_processes_batches(
+    postgres_url: str,
+) -> None:
+    """An advisory lock makes submit() batches of every process take turns (a function may read what it
+    then writes). Batches of same-shape INSERTs into a table with at most one unique key among their values
+    change nothing anyone read and cannot deadlock: they skip it. While another session holds it, as
+    another process's batch would, such a batch commits at once; a function, an UPDATE, or INSERTs that
+    give two unique keys wait for it."""
+    async with contextlib.AsyncExitStack() as stack:
+        # One Database per waiting unit: each is its own batch, as from its own process.
+        db, other, *waiters = [await stack.enter_async_context(Database.from_url(postgres_url)) for _ in range(5)]
         await _setup(db)
+        await db.submit(insert(items), {"id": 100, "key": "counter"})
         async with other.write() as holder:
-            await holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _submit_lock_key(db.settings)})
-            assert await asyncio.wait_for(db.submit(insert(items), {"id": 1, "key": "statement"}), 5) == 1
+            lock = text("SELECT pg_advisory_xact_lock(:k)")
+            await holder.execute(lock, {"k": _submit_lock_key(db.settings)})
+            assert await asyncio.wait_for(db.submit(insert(items), {"key": "one unique key"}), 5) == 1
 
             async def function(session: AsyncSession) -> str:
-                await session.execute(insert(items).values(id=2, key="function"))
+                await session.execute(insert(items).values(id=3, key="function"))
                 return "committed"
 
-            waiting = asyncio.ensure_future(db.submit(function))
-            done, _pending = await asyncio.wait([waiting], timeout=0.5)
+            waiting = [
+                asyncio.ensure_future(waiters[0].submit(function)),
+                asyncio.ensure_future(
+                    waiters[1].submit(update(items).where(items.c.id == 100).values(n=items.c.n + 1))
+                ),
+                asyncio.ensure_future(waiters[2].submit(insert(items), {"id": 4, "key": "two unique keys"})),
+            ]
+            done, _pending = await asyncio.wait(waiting, timeout=0.5)
             assert not done  # behind the lock the other session holds
-        assert await asyncio.wait_for(waiting, 5) == "committed"
+        assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == ["committed", 1, 1]
         async with db.read() as session:
-            assert sorted(await session.scalars(select(items.c.key))) == ["function", "statement"]
+            rows = (await session.execute(select(items.c.key, items.c.n))).all()
+        assert sorted(rows) == [("counter", 1), ("function", 0), ("one unique key", 0), ("two unique keys", 0)]
 
 
 async def test_postgres_deadlocks_between_batches_are_retried_not_raised(postgres_url: str) -> None:

@@ -384,21 +384,18 @@ class Database:
     @contextlib.asynccontextmanager
     async def _batch_transaction(self, serialised: bool) -> AsyncIterator[AsyncSession]:
         if not serialised or self._joined is not None or self.backend == "sqlite":
-            # SQLite batches are serialised anyway; a batch of statements alone needs no lock (below).
+            # SQLite batches are serialised anyway; on PostgreSQL, see batching._may_overlap.
             async with self.write() as session:
                 yield session
             return
         # PostgreSQL: batches of several processes would run side by side, and a function that reads then
         # writes (a counter) would lose updates. A transaction-level advisory lock taken first serialises
-        # the batches of every process that hold a function, as SQLite's write slot does; at READ COMMITTED
-        # each later statement then sees what the previous batch committed. (REPEATABLE READ was tried:
-        # under contention its serialization failures outran any sane number of retries.) A statement is
-        # atomic by itself, so batches of statements alone run side by side, as db.write() blocks do:
-        # their INSERTs go in one sorted order (no deadlock between them), and a deadlock or a duplicate
-        # that another batch committed meanwhile sends the batch to its retry or its careful run.
+        # the batches of every process, as SQLite's write slot does; at READ COMMITTED each later statement
+        # then sees what the previous batch committed. (REPEATABLE READ was tried: under contention its
+        # serialization failures outran any sane number of retries.)
         async with self.write() as session:
-            lock = text("SELECT pg_advisory_xact_lock(:key)")
-            await session.execute(lock, {"key": _submit_lock_key(self.settings)})
+            connection = await session.connection()
+            await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_submit_lock_key(self.settings)})")
             yield session
 
     async def _check_reachable(self, engines: Engines) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbfoundation.errors import DuplicateKeyError
 
-__all__ = ["refuse_taken_keys"]
+__all__ = ["refuse_taken_keys", "unique_keys"]
 
 _CHUNK = 500  # keys per IN (...): well under SQLite's and asyncpg's bound-parameter limits
 
@@ -26,9 +26,9 @@ async def refuse_taken_keys(
 ) -> list[DuplicateKeyError | None]:
     """Per row, in order: the DuplicateKeyError its INSERT would meet (a key in the table, or claimed by an
     earlier row that will run), or None."""
-    unique_keys = _unique_keys(table, set(rows[0]) if rows else set())
+    keys = unique_keys(table, set(rows[0]) if rows else set())
     claimed: list[set[tuple[Any, ...]]] = []  # per unique key: values in the table, then claimed by this batch
-    for _name, columns in unique_keys:
+    for _name, columns in keys:
         wanted = list({key for row in rows if None not in (key := _key_of(row, columns))})  # NULLs never collide
         taken: set[tuple[Any, ...]] = set()
         for start in range(0, len(wanted), _CHUNK):
@@ -38,14 +38,14 @@ async def refuse_taken_keys(
         claimed.append(taken)
     refusals: list[DuplicateKeyError | None] = []
     for row in rows:
-        keys = [_key_of(row, columns) for _name, columns in unique_keys]
-        clash = next((i for i, key in enumerate(keys) if None not in key and key in claimed[i]), None)
+        values = [_key_of(row, columns) for _name, columns in keys]
+        clash = next((i for i, key in enumerate(values) if None not in key and key in claimed[i]), None)
         if clash is not None:
-            name, columns = unique_keys[clash]
+            name, columns = keys[clash]
             shown = tuple(f"{table.name}.{column.name}" for column in columns)
             refusals.append(DuplicateKeyError(name, table.name, shown))
             continue
-        for i, key in enumerate(keys):  # only a row that will run claims its keys for the rest of the batch
+        for i, key in enumerate(values):  # only a row that will run claims its keys for the rest of the batch
             if None not in key:
                 claimed[i].add(key)
         refusals.append(None)
@@ -56,7 +56,7 @@ def _key_of(row: Mapping[str, Any], columns: list[Column[Any]]) -> tuple[Any, ..
     return tuple(row[column.key] for column in columns)
 
 
-def _unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
+def unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
     """The table's unique keys (primary key, unique constraints, unique indexes) fully given by `given`."""
     found: list[tuple[str | None, list[Column[Any]]]] = []
     candidates: list[tuple[Any, list[Column[Any]]]] = [
