@@ -71,6 +71,14 @@ async def _no_wait() -> None:
     pass
 
 
+def _ended(raw: sqlite3.Connection) -> bool:
+    """Whether SQLite left no transaction open (False for a closed connection: its own error tells)."""
+    try:
+        return not raw.in_transaction
+    except sqlite3.Error:
+        return False
+
+
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     """A DBAPI cursor whose execute is one call on the aiosqlite thread; the rest is in memory."""
 
@@ -169,7 +177,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                 adapted._pending_begin = None  # else BEGIN itself failed: rollback() has nothing to end
                 adapted._began = adapted._began or began_here
                 # A full disk, an I/O error or an OR ROLLBACK conflict rolls back the whole transaction.
-                adapted._ended_by_sqlite = adapted._began and not raw.in_transaction
+                adapted._ended_by_sqlite = adapted._began and _ended(raw)
             adapted._handle_exception(error)
         adapted._pending_begin = None
         adapted._began = adapted._began or began_here
