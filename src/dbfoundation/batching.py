@@ -261,8 +261,10 @@ def _may_overlap(batch: list[_Unit]) -> bool:
     row that anything read, so no update is lost; and inserted in that key's order (`_insert_order`) two
     such batches wait for each other at most one way, so they cannot deadlock (PostgreSQL detects a
     deadlock only after deadlock_timeout, a second by default). A key another batch inserted meanwhile
-    fails the INSERT, and the careful run refuses it as a duplicate; a function racing such a batch for a
-    key runs again in the careful run and then sees it. Taking turns (the advisory lock) costs a
+    fails the INSERT, and the careful run refuses it as a duplicate. A function that checks for a key
+    such a batch then inserts meets the duplicate, as it would beside a db.write() block: in a batch of
+    several it runs again carefully and then sees the row; alone, its caller gets DuplicateKeyError.
+    Taking turns (the advisory lock) costs a
     statement per batch, and at one unit per batch it made the processes' transactions queue: insert
     batches of 4 processes x 1 task ran ~1,200 req/s with the lock taken shared, ~1,600 without.
     """
