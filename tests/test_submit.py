@@ -325,6 +325,46 @@ async def test_postgres_deadlocks_between_batches_are_retried_not_raised(postgre
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 20
 
 
+async def test_postgres_an_insert_batch_chosen_as_deadlock_victim_is_rerun(postgres_url: str) -> None:
+    """An insert batch that skips the advisory lock can still deadlock with a db.write() block taking the
+    same keys in the other order. The batch waits first, so PostgreSQL's deadlock check (after
+    deadlock_timeout) fires in it and aborts it: the batch is rolled back and runs again, and its callers
+    get their own outcomes, never the deadlock."""
+    async with Database.from_url(postgres_url) as db, Database.from_url(postgres_url) as other:
+        await _setup(db)
+        retried: list[int] = []
+
+        @event.listens_for(db.engines.writer.sync_engine, "rollback")
+        def _count(_connection: Any) -> None:
+            retried.append(1)
+
+        block_holds_k2 = asyncio.Event()
+        batch_waits = asyncio.Event()
+
+        async def block() -> None:
+            async with other.write() as session:
+                await session.execute(insert(items).values(key="k2"))
+                block_holds_k2.set()
+                await batch_waits.wait()
+                await asyncio.sleep(0.3)  # the batch is now waiting for k2, holding k1
+                await session.execute(insert(items).values(key="k1"))  # deadlock: the batch waited first
+
+        async def batch() -> list[Any]:
+            await block_holds_k2.wait()
+            units = [db.submit(insert(items), {"key": key}) for key in ("k2", "k3", "k1")]  # runs as k1, k2, k3
+            waiting = asyncio.gather(*units, return_exceptions=True)
+            batch_waits.set()
+            return await waiting
+
+        _, outcomes = await asyncio.wait_for(asyncio.gather(block(), batch()), 30)
+        # The block committed k2 and k1 once the batch let go of k1; the batch's rerun refuses them.
+        kinds = [type(o) if isinstance(o, BaseException) else o for o in outcomes]
+        assert kinds == [DuplicateKeyError, 1, DuplicateKeyError]
+        assert retried  # the deadlocked run was rolled back before the one that committed
+        async with db.read() as session:
+            assert sorted(await session.scalars(select(items.c.key))) == ["k1", "k2", "k3"]
+
+
 async def test_postgres_read_modify_write_units_lose_no_update_across_databases(postgres_url: str) -> None:
     """Counter increments through submit(fn) from two databases at once (as two processes would) lose nothing.
 
