@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, event, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from conftest import create_postgres_database, drop_postgres_database, require_postgres
@@ -345,6 +345,43 @@ async def test_postgres_pings_only_connections_that_sat_idle(postgres_url: str, 
         async with db.write() as session:
             await session.execute(text("SELECT 1"))
     assert pings == [1]
+
+
+async def test_postgres_writes_keep_their_connection_and_reads_never_wait_for_kept_ones(
+    postgres_url: str, pings: list[int]
+) -> None:
+    """A write leaves its connection checked out for the next write (no pool checkout or checkin), always
+    leaving one in the pool. A read, which does not keep, takes a kept one back to the pool when the pool
+    has none idle: two reads at once still get a connection each out of two. A connection kept past the
+    ping window is pinged before its next use, as a pooled one is."""
+    async with Database.from_url(postgres_url, pool_size=2, max_overflow=0, pool_timeout=2) as db:
+        await _create_tables(db)
+        checkouts: list[int] = []
+
+        @event.listens_for(db.engines.writer.sync_engine, "checkout")
+        def _count(*_args: Any) -> None:
+            checkouts.append(1)
+
+        for i in range(5):
+            async with db.write() as session:
+                await session.execute(insert(parents).values(id=i, name="kept"))
+        assert len(checkouts) <= 1  # the first write may check out; the rest reuse the kept connection
+
+        both_in = asyncio.Barrier(2)
+
+        async def read() -> int:
+            async with db.read() as session:
+                await both_in.wait()  # both hold a connection at once
+                return len((await session.execute(select(parents.c.id))).all())
+
+        assert await asyncio.wait_for(asyncio.gather(read(), read()), 5) == [5, 5]
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=5, name="kept"))
+        assert pings == []
+        await asyncio.sleep(ALIVE_BYPASS_S + 0.1)
+        async with db.write() as session:
+            await session.execute(insert(parents).values(id=6, name="after the window"))
+        assert pings == [1]
 
 
 async def test_postgres_replaces_an_idle_connection_the_server_closed(postgres_url: str) -> None:

@@ -16,6 +16,7 @@ import fcntl
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,35 +30,45 @@ class KeptConnections:
     """Connections that transactions leave checked out for the next one (see transaction.TransactionScope).
 
     Only a task its gate admitted takes or puts one, so there are never more than the gate admits at once.
-    After `drain()` (the Database stops) `put()` refuses, and the caller closes its connection instead.
+    After `drain()` (the Database stops) `put()` refuses, and the caller closes its connection instead;
+    past `limit` it refuses too, and the connection goes back to the pool.
     """
 
-    def __init__(self) -> None:
-        self._connections: list[Any] = []  # AsyncConnections, typed loosely to keep SQLAlchemy out of here
-        self._drained = False
+    def __init__(self, limit: int | None = None) -> None:
+        self._connections: list[tuple[Any, float]] = []  # (AsyncConnection, monotonic time it was kept)
+        self._limit = limit
+        self.drained = False
 
     def __len__(self) -> int:
         return len(self._connections)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._connections)
+        return (connection for connection, _since in self._connections)
 
     def take(self) -> Any:
         """A kept connection, or None."""
-        return self._connections.pop() if self._connections else None
+        return self._connections.pop()[0] if self._connections else None
+
+    def take_with_age(self) -> tuple[Any, float]:
+        """A kept connection and the seconds it sat kept, or (None, 0.0)."""
+        if not self._connections:
+            return None, 0.0
+        connection, since = self._connections.pop()
+        return connection, time.monotonic() - since
 
     def put(self, connection: Any) -> bool:
-        """Keep `connection` for the next transaction; False after drain() (the caller closes it)."""
-        if self._drained:
+        """Keep `connection` for the next transaction; False after drain() or past the limit (the caller
+        closes it)."""
+        if self.drained or (self._limit is not None and len(self._connections) >= self._limit):
             return False
-        self._connections.append(connection)
+        self._connections.append((connection, time.monotonic()))
         return True
 
     def drain(self) -> list[Any]:
         """Every kept connection, to check back in to the pool, and keep none from now on (stop)."""
-        self._drained = True
+        self.drained = True
         kept, self._connections = self._connections, []
-        return kept
+        return [connection for connection, _since in kept]
 
 
 class WriteAdmission:
@@ -79,6 +90,7 @@ class WriteAdmission:
     """
 
     keeps_connections = True
+    max_idle_s: float | None = None  # the writer's one connection to a local file: kept however long it sat
 
     def __init__(self, database_path: Path, *, use_lock_file: bool) -> None:
         self.database_path = database_path
@@ -311,12 +323,21 @@ class PoolGate:
     some requests lose the race again and again (p99 of seconds while p50 is milliseconds). A fair
     semaphore in front (asyncio.Semaphore is FIFO since Python 3.11.1) keeps the order of arrival.
 
-    `keep` (SQLite readers): transactions leave their connection checked out in `held` for the next one
-    (see transaction.TransactionScope), so never more than `size`.
+    `keep` (SQLite readers, PostgreSQL writes): transactions leave their connection checked out in `held`
+    for the next one (see transaction.TransactionScope), never more than `size` nor than `keep_limit`.
+    `max_idle_s`: a connection kept longer than this goes back to the pool, whose checkout pings it.
     """
 
     def __init__(
-        self, size: int, *, timeout_s: float, where: str, yield_first: bool = False, keep: bool = False
+        self,
+        size: int,
+        *,
+        timeout_s: float,
+        where: str,
+        yield_first: bool = False,
+        keep: bool = False,
+        keep_limit: int | None = None,
+        max_idle_s: float | None = None,
     ) -> None:
         self._semaphore = asyncio.Semaphore(size)
         self._timeout_s = timeout_s
@@ -325,7 +346,8 @@ class PoolGate:
         # would never let another task run; such a gate yields once per transaction.
         self._yield_first = yield_first
         self.keeps_connections = keep
-        self.held = KeptConnections()
+        self.held = KeptConnections(keep_limit)
+        self.max_idle_s = max_idle_s
 
     async def acquire_local(self, timeout_s: float) -> float:
         loop = asyncio.get_running_loop()

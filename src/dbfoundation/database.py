@@ -18,7 +18,7 @@ from dbfoundation.admission import PoolGate, WriteAdmission
 from dbfoundation.batching import GroupCommitter
 from dbfoundation.checkpoint import Checkpointer
 from dbfoundation.driver_errors import translate
-from dbfoundation.engine import Engines, build_engines
+from dbfoundation.engine import ALIVE_BYPASS_S, Engines, build_engines
 from dbfoundation.errors import DatabaseUnavailable, SessionStateError, WriteTimeout
 from dbfoundation.joined import JoinedTransaction
 from dbfoundation.pragmas import prepare_sqlite_file
@@ -108,7 +108,15 @@ class Database:
                     keep=True,
                 )
             else:
-                self._pool_gate = self._gate_of(settings.pool_size + settings.max_overflow)
+                # Writes keep their connection checked out for the next one (no pool checkout and checkin:
+                # 8 % of a one-row ORM insert's instructions), leaving at least one in the pool; reads do
+                # not (their read-only option belongs to one checkout) and give one back if the pool is dry.
+                self._pool_gate = self._gate_of(
+                    settings.pool_size + settings.max_overflow,
+                    keep=True,
+                    keep_limit=settings.pool_size - 1,
+                    max_idle_s=ALIVE_BYPASS_S if settings.pool_pre_ping else None,
+                )
                 replica = settings.async_read_url is not None
                 self._read_gate = (
                     self._gate_of(settings.pool_size + settings.max_overflow) if replica else self._pool_gate
@@ -161,7 +169,7 @@ class Database:
         self._state = "stopped"
         # Kept connections go back to the pool before it closes; a transaction still running puts its
         # own back when it ends (held.put() refuses from now on).
-        for gate in (self._admission, self._read_gate):
+        for gate in (self._admission, self._read_gate, self._pool_gate):
             for held in gate.held.drain() if gate is not None else []:
                 with contextlib.suppress(Exception):
                     await held.close()
@@ -341,10 +349,15 @@ class Database:
             raise SessionStateError(call, "not started", "Use 'async with db:' or 'await db.start()' first.")
         raise SessionStateError(call, "stopped", "Create a new Database; a stopped one does not restart.")
 
-    def _gate_of(self, size: int, *, yield_first: bool = False, keep: bool = False) -> PoolGate:
+    def _gate_of(self, size: int, *, yield_first: bool = False, keep: bool = False, **keeping: Any) -> PoolGate:
         settings = self.settings
         return PoolGate(
-            size, timeout_s=settings.pool_timeout, where=settings.masked_url, yield_first=yield_first, keep=keep
+            size,
+            timeout_s=settings.pool_timeout,
+            where=settings.masked_url,
+            yield_first=yield_first,
+            keep=keep,
+            **keeping,
         )
 
     def _idle_readers(self) -> int:

@@ -163,6 +163,7 @@ def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
 
 ALIVE_BYPASS_S = 0.5  # as HikariCP's aliveBypassWindowMs: a connection returned this recently is not pinged
 _LAST_USED = "dbf_last_used"
+KEPT_SINCE = "dbf_kept_since"  # on a connection kept out of the pool (transaction.py): when it was last used
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
@@ -180,7 +181,8 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _returned(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_LAST_USED] = time.monotonic()
+        kept_since = record.info.pop(KEPT_SINCE, None)  # kept idle outside the pool since then
+        record.info[_LAST_USED] = time.monotonic() if kept_since is None else kept_since
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
