@@ -264,9 +264,9 @@ def _may_overlap(batch: list[_Unit]) -> bool:
     fails the INSERT, and the careful run refuses it as a duplicate. A function that checks for a key
     such a batch then inserts meets the duplicate, as it would beside a db.write() block: in a batch of
     several it runs again carefully and then sees the row; alone, its caller gets DuplicateKeyError.
-    Taking turns (the advisory lock) costs a
-    statement per batch, and at one unit per batch it made the processes' transactions queue: insert
-    batches of 4 processes x 1 task ran ~1,200 req/s with the lock taken shared, ~1,600 without.
+    Taking turns (the advisory lock) costs a statement per batch, and at one unit per batch it made the
+    processes' transactions queue: insert batches of 4 processes x 1 task ran ~1,200 req/s with the lock
+    taken shared, ~1,600 without.
     """
     first = batch[0]
     if first.group_key is None or any(unit.group_key != first.group_key for unit in batch):
@@ -359,7 +359,7 @@ async def _run_only(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retr
         _record_failure(unit, exc, may_retry=may_retry)
         raise _RollBackBatch from None  # no cause: the transaction scope must not translate it
     if unit.function is not None and _cannot_commit(pooled):
-        raise _RunCarefully  # it swallowed an error: the careful run fails it with the server's own
+        raise _RunCarefully  # it swallowed an error: the careful run fails it with TransactionAborted
     unit.outcome = (True, value)
 
 
