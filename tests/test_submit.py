@@ -85,6 +85,31 @@ async def test_statement_units_run_together_and_a_duplicate_fails_alone(backend_
             assert await session.scalar(select(text("count(*)")).select_from(items)) == 299
 
 
+async def test_inserts_into_one_table_run_together_only_when_their_sql_is_the_same(backend_url: str) -> None:
+    """A plain `insert(table)` is grouped by its table alone; one with a prefix (or anything else added)
+    renders other SQL, so it runs in its own executemany, never folded into the plain ones."""
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        sent: list[tuple[str, int]] = []
+
+        @event.listens_for(db.engines.writer.sync_engine, "before_cursor_execute")
+        def _record(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, executemany: bool) -> None:
+            if statement.startswith("INSERT"):
+                sent.append((statement, len(parameters) if executemany else 1))
+
+        tagged = insert(items).prefix_with(TAG)
+        units = [(tagged if i % 2 else insert(items), {"key": f"k{i}", "n": i}) for i in range(20)]
+        assert await asyncio.gather(*(db.submit(statement, row) for statement, row in units)) == [1] * 20
+        rows_by_sql: dict[bool, int] = {}
+        for statement, rows in sent:
+            rows_by_sql[TAG in statement] = rows_by_sql.get(TAG in statement, 0) + rows
+        assert rows_by_sql == {True: 10, False: 10}
+        assert any(rows > 1 for _statement, rows in sent)  # the plain ones still ran together
+
+
+TAG = "/* tagged */"
+
+
 async def test_same_shape_inserts_run_in_the_order_of_their_unique_key(backend_url: str) -> None:
     """A group of same-shape INSERTs runs sorted by the table's unique key, whatever order the values come
     in and were queued in: every process then takes that index's locks in one order, so two such batches

@@ -27,9 +27,10 @@ async def refuse_taken_keys(
     """Per row, in order: the DuplicateKeyError its INSERT would meet (a key in the table, or claimed by an
     earlier row that will run), or None."""
     keys = unique_keys(table, set(rows[0]) if rows else set())
+    row_keys = [[tuple(row[column.key] for column in columns) for _name, columns in keys] for row in rows]
     claimed: list[set[tuple[Any, ...]]] = []  # per unique key: values in the table, then claimed by this batch
-    for _name, columns in keys:
-        wanted = list({key for row in rows if None not in (key := _key_of(row, columns))})  # NULLs never collide
+    for i, (_name, columns) in enumerate(keys):
+        wanted = list({key for values in row_keys if None not in (key := values[i])})  # NULLs never collide
         taken: set[tuple[Any, ...]] = set()
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
@@ -37,8 +38,7 @@ async def refuse_taken_keys(
             taken.update(tuple(found) for found in await connection.execute(select(*columns).where(condition)))
         claimed.append(taken)
     refusals: list[DuplicateKeyError | None] = []
-    for row in rows:
-        values = [_key_of(row, columns) for _name, columns in keys]
+    for values in row_keys:
         clash = next((i for i, key in enumerate(values) if None not in key and key in claimed[i]), None)
         if clash is not None:
             name, columns = keys[clash]
@@ -50,10 +50,6 @@ async def refuse_taken_keys(
                 claimed[i].add(key)
         refusals.append(None)
     return refusals
-
-
-def _key_of(row: Mapping[str, Any], columns: list[Column[Any]]) -> tuple[Any, ...]:
-    return tuple(row[column.key] for column in columns)
 
 
 def unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
