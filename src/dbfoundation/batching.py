@@ -31,21 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from sqlalchemy import Insert, Table
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
+from dbfoundation.batch_units import Unit, group_key, may_overlap, runs
 from dbfoundation.driver_errors import is_retryable, translate
 from dbfoundation.errors import IntegrityViolation, TransactionAborted
-from dbfoundation.taken_keys import refuse_taken_keys, unique_keys
+from dbfoundation.taken_keys import refuse_taken_keys
 
 __all__ = ["GroupCommitter"]
 
@@ -54,65 +53,31 @@ _BATCH_ATTEMPTS = 5  # a batch hit by a PostgreSQL deadlock or serialization fai
 _CAREFUL_AFTER_FAILURE = 8  # batches that run with SAVEPOINTs at once after an optimistic batch failed
 
 
-@dataclass(eq=False)
-class _Unit:
-    future: asyncio.Future[Any]
-    function: Callable[[AsyncSession], Awaitable[Any]] | None = None
-    statement: Executable | None = None
-    params: Mapping[str, Any] | None = None
-    outcome: tuple[bool, Any] | None = field(default=None)
-
-    @functools.cached_property
-    def group_key(self) -> object:
-        """Units with equal keys may run as one executemany; None means "run alone"."""
-        statement = self.statement
-        if not isinstance(statement, Insert) or self.params is None or statement._post_values_clause is not None:
-            return None  # only plain INSERT ... VALUES adds exactly one row per parameter set
-        if statement._returning or statement._values or statement._multi_values:
-            return None
-        if type(statement) is Insert and _is_plain(statement):
-            # `insert(table)` as built, nothing added: its table is its whole shape. Per unit, this saves
-            # generating a cache key (~4 us each, a tenth of a submitted INSERT's own cost).
-            return (statement.table, tuple(self.params))
-        cache_key = statement._generate_cache_key()
-        return None if cache_key is None else (cache_key.key, tuple(self.params))
-
-
-# What a plain `insert(table)` holds: the table, and what SQLAlchemy memoizes on it (dialect_options is
-# memoized empty; with_dialect_options() fills it). Any generative method (prefix_with, execution_options,
-# inline, ...) adds an attribute of its own, and such a statement is keyed by its cache key instead.
-_PLAIN_INSERT_ATTRIBUTES = frozenset({"table", "dialect_options", "_generate_cache_key", "_memoized_keys"})
-
-
-def _is_plain(statement: Insert) -> bool:
-    attributes = statement.__dict__
-    return attributes.keys() <= _PLAIN_INSERT_ATTRIBUTES and not attributes.get("dialect_options")
-
-
 class GroupCommitter:
     """One background task per Database drains the queue in batches of at most MAX_BATCH units.
 
     `transaction(serialised)` must yield a session inside a fresh write transaction and commit it on exit
     (the Database passes its write path, so admission and BEGIN IMMEDIATE apply to every batch).
     `serialised` is False for a batch that may run side by side with other processes' batches
-    (PostgreSQL; SQLite serialises every write anyway), see `_may_overlap`.
+    (PostgreSQL; SQLite serialises every write anyway), see `batch_units.may_overlap`.
     """
 
     def __init__(self, transaction: Callable[[bool], AbstractAsyncContextManager[AsyncSession]]) -> None:
         self._transaction = transaction
-        self._queue: deque[_Unit] = deque()
+        self._queue: deque[Unit] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._careful_batches = 0  # after an optimistic batch failed: this many run with SAVEPOINTs at once
 
     async def submit_function(self, function: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
-        return await self._submit(_Unit(asyncio.get_running_loop().create_future(), function=function))
+        return await self._submit(Unit(asyncio.get_running_loop().create_future(), function=function))
 
     async def submit_statement(self, statement: Executable, params: Mapping[str, Any] | None) -> Any:
-        unit = _Unit(asyncio.get_running_loop().create_future(), statement=statement, params=params)
+        future = asyncio.get_running_loop().create_future()
+        unit = Unit(future, statement=statement, params=params, group_key=group_key(statement, params))
         return await self._submit(unit)
 
-    async def _submit(self, unit: _Unit) -> Any:
+    async def _submit(self, unit: Unit) -> Any:
         if self._closed:
             raise RuntimeError("GroupCommitter is closed")
         self._queue.append(unit)
@@ -139,7 +104,7 @@ class GroupCommitter:
             if batch:
                 await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[_Unit]) -> None:
+    async def _run_batch(self, batch: list[Unit]) -> None:
         careful = self._careful_batches > 0
         if careful:
             self._careful_batches -= 1
@@ -148,7 +113,7 @@ class GroupCommitter:
             for unit in batch:
                 unit.outcome = None
             try:
-                async with self._transaction(not _may_overlap(batch)) as session:
+                async with self._transaction(not may_overlap(batch)) as session:
                     await _run_units(session, batch, may_retry=attempt < _BATCH_ATTEMPTS, careful=careful)
             except _RunCarefully:
                 # A unit failed with no SAVEPOINT to undo it alone: nothing committed; run the batch again
@@ -199,7 +164,7 @@ class _RunCarefully(Exception):  # a control-flow signal, never seen by callers
 class _RerunWithout(Exception):  # a control-flow signal, never seen by callers
     """A unit of a careful batch left the transaction unable to commit: fail it, run the rest again."""
 
-    def __init__(self, unit: _Unit, error: Exception) -> None:
+    def __init__(self, unit: Unit, error: Exception) -> None:
         super().__init__()
         self.unit, self.error = unit, error
 
@@ -208,7 +173,7 @@ class _RollBackBatch(Exception):  # a control-flow signal, never seen by callers
     """The only unit of a batch failed (its outcome says how): roll the transaction back."""
 
 
-def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
+def _fail_all(batch: list[Unit], exc: BaseException) -> None:
     batch_error = (
         exc if isinstance(exc, Exception) else RuntimeError("the Database stopped before this write committed")
     )
@@ -218,12 +183,12 @@ def _fail_all(batch: list[_Unit], exc: BaseException) -> None:
             unit.future.set_exception(unit.outcome[1] if own_failure else batch_error)  # type: ignore[index]
 
 
-async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bool, careful: bool) -> None:
+async def _run_units(session: AsyncSession, batch: list[Unit], *, may_retry: bool, careful: bool) -> None:
     if not careful:
         await _run_optimistically(session, batch, may_retry=may_retry)
         return
     pooled = await (await session.connection()).get_raw_connection()
-    for grouped, units in _runs(batch):
+    for grouped, units in runs(batch):
         if grouped and len(units) > 1:
             units = await _refuse_taken_keys(session, units)
             if len(units) > 1 and await _run_together(session, pooled, units, may_retry=may_retry):
@@ -232,76 +197,13 @@ async def _run_units(session: AsyncSession, batch: list[_Unit], *, may_retry: bo
             await _run_alone(session, pooled, unit, may_retry=may_retry)
 
 
-def _runs(batch: list[_Unit]) -> list[tuple[bool, list[_Unit]]]:
-    """The batch as runs in first-queued order: same-shape INSERTs together (grouped), every other unit alone.
-
-    Same-shape INSERTs are independent, so their order is ours to choose: sorted, every process inserting
-    rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
-    """
-    groups: dict[object, list[_Unit]] = {}
-    runs: list[tuple[bool, list[_Unit]]] = []
-    for unit in batch:
-        key = unit.group_key
-        if key is None:
-            runs.append((False, [unit]))
-        elif key not in groups:
-            groups[key] = [unit]
-            runs.append((True, groups[key]))
-        else:
-            groups[key].append(unit)
-    for units in groups.values():
-        order = _insert_order(units[0])
-        if order is not None:
-            units.sort(key=order)
-    return runs
-
-
-def _insert_order(first: _Unit) -> Callable[[_Unit], str] | None:
-    """A group's sort key: the values of the table's first unique key given, so that every process inserts
-    the rows of such a group in that key's order; None where no unique key is given (such rows take no
-    unique-index lock, and two rows with equal keys are refused as duplicates before they run)."""
-    table = getattr(first.statement, "table", None)
-    keys = unique_keys(table, set(first.params or {})) if isinstance(table, Table) else []
-    if not keys:
-        return None
-    names = [column.key for column in keys[0][1]]
-
-    def order(unit: _Unit) -> str:
-        params = unit.params or {}
-        return repr(tuple(params[name] for name in names))  # repr: None and values of mixed types compare
-
-    return order
-
-
-def _may_overlap(batch: list[_Unit]) -> bool:
-    """Whether this batch may run side by side with other processes' batches (PostgreSQL), which other
-    batches take turns for: a function may read what it then writes and must not lose an update.
-
-    Only same-shape INSERTs into a table with at most one unique key among their values: they change no
-    row that anything read, so no update is lost; and inserted in that key's order (`_insert_order`) two
-    such batches wait for each other at most one way, so they cannot deadlock (PostgreSQL detects a
-    deadlock only after deadlock_timeout, a second by default). A key another batch inserted meanwhile
-    fails the INSERT, and the careful run refuses it as a duplicate. A function that checks for a key
-    such a batch then inserts meets the duplicate, as it would beside a db.write() block: in a batch of
-    several it runs again carefully and then sees the row; alone, its caller gets DuplicateKeyError.
-    Taking turns (the advisory lock) costs a statement per batch, and at one unit per batch it made the
-    processes' transactions queue: insert batches of 4 processes x 1 task ran ~1,200 req/s with the lock
-    taken shared, ~1,600 without.
-    """
-    first = batch[0]
-    if first.group_key is None or any(unit.group_key != first.group_key for unit in batch):
-        return False
-    table = getattr(first.statement, "table", None)
-    return isinstance(table, Table) and len(unique_keys(table, set(first.params or {}))) <= 1
-
-
-async def _refuse_taken_keys(session: AsyncSession, units: list[_Unit]) -> list[_Unit]:
+async def _refuse_taken_keys(session: AsyncSession, units: list[Unit]) -> list[Unit]:
     """Fail, up front, the INSERTs whose unique key is already taken (see taken_keys); the rest run on."""
     table = getattr(units[0].statement, "table", None)
     if not isinstance(table, Table):
         return units
     refusals = await refuse_taken_keys(await session.connection(), table, [u.params or {} for u in units])
-    survivors: list[_Unit] = []
+    survivors: list[Unit] = []
     for unit, refusal in zip(units, refusals, strict=True):
         if refusal is None:
             survivors.append(unit)
@@ -310,7 +212,7 @@ async def _refuse_taken_keys(session: AsyncSession, units: list[_Unit]) -> list[
     return survivors
 
 
-async def _run_together(session: AsyncSession, pooled: Any, units: list[_Unit], *, may_retry: bool) -> bool:
+async def _run_together(session: AsyncSession, pooled: Any, units: list[Unit], *, may_retry: bool) -> bool:
     statement = units[0].statement
     assert statement is not None  # noqa: S101 - group_key only groups statement units
     try:
@@ -328,14 +230,14 @@ async def _run_together(session: AsyncSession, pooled: Any, units: list[_Unit], 
     return True
 
 
-async def _run_optimistically(session: AsyncSession, batch: list[_Unit], *, may_retry: bool) -> None:
+async def _run_optimistically(session: AsyncSession, batch: list[Unit], *, may_retry: bool) -> None:
     """Every unit with no SAVEPOINT. A lone unit's failure rolls the transaction back; in a larger batch the
     first failure, or a transaction a function left unable to commit, sends the batch to run carefully."""
     pooled = await (await session.connection()).get_raw_connection()
     if len(batch) == 1:
         await _run_only(session, pooled, batch[0], may_retry=may_retry)
         return
-    for grouped, units in _runs(batch):
+    for grouped, units in runs(batch):
         if not grouped:
             (unit,) = units
             try:
@@ -371,7 +273,7 @@ def _raise_to_rerun(exc: Exception, *, may_retry: bool) -> NoReturn:
     raise _RunCarefully from None
 
 
-async def _run_only(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retry: bool) -> None:
+async def _run_only(session: AsyncSession, pooled: Any, unit: Unit, *, may_retry: bool) -> None:
     """The only unit of its batch, with no SAVEPOINT: on failure the whole transaction is rolled back."""
     try:
         value = await _run_unit(session, unit)
@@ -383,7 +285,7 @@ async def _run_only(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retr
     unit.outcome = (True, value)
 
 
-async def _run_alone(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retry: bool) -> None:
+async def _run_alone(session: AsyncSession, pooled: Any, unit: Unit, *, may_retry: bool) -> None:
     """One unit of a careful batch in its own SAVEPOINT (a statement on SQLite needs none)."""
     await _run_in_savepoint(session, pooled, unit, may_retry=may_retry)
     if _cannot_commit(pooled):
@@ -394,7 +296,7 @@ async def _run_alone(session: AsyncSession, pooled: Any, unit: _Unit, *, may_ret
         raise _RerunWithout(unit, failure or _aborted("This db.submit() unit", session))
 
 
-async def _run_in_savepoint(session: AsyncSession, pooled: Any, unit: _Unit, *, may_retry: bool) -> None:
+async def _run_in_savepoint(session: AsyncSession, pooled: Any, unit: Unit, *, may_retry: bool) -> None:
     try:
         if unit.function is None and session.bind is not None and session.bind.dialect.name == "sqlite":
             # One statement needs no SAVEPOINT on SQLite: a constraint violation undoes only its own
@@ -434,7 +336,7 @@ def _aborted(where: str, session: AsyncSession) -> TransactionAborted:
     return TransactionAborted(where, backend="sqlite" if sqlite else "postgresql")
 
 
-def _record_failure(unit: _Unit, exc: Exception, *, may_retry: bool) -> None:
+def _record_failure(unit: Unit, exc: Exception, *, may_retry: bool) -> None:
     """The unit's own failure, typed, as its outcome; a deadlock or serialization failure reruns the batch."""
     if may_retry and is_retryable(exc):
         raise _RetryBatch from exc
@@ -444,11 +346,11 @@ def _record_failure(unit: _Unit, exc: Exception, *, may_retry: bool) -> None:
     unit.outcome = (False, typed or exc)
 
 
-async def _run_unit(session: AsyncSession, unit: _Unit) -> Any:
+async def _run_unit(session: AsyncSession, unit: Unit) -> Any:
     return await unit.function(session) if unit.function is not None else await _execute_statement(session, unit)
 
 
-async def _execute_statement(session: AsyncSession, unit: _Unit) -> Any:
+async def _execute_statement(session: AsyncSession, unit: Unit) -> Any:
     assert unit.statement is not None  # noqa: S101 - only statement units get here
     connection = await session.connection()
     result = await connection.execute(unit.statement, dict(unit.params or {}))

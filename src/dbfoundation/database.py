@@ -397,7 +397,7 @@ class Database:
     @contextlib.asynccontextmanager
     async def _batch_transaction(self, serialised: bool) -> AsyncIterator[AsyncSession]:
         if not serialised or self._joined is not None or self.backend == "sqlite":
-            # SQLite batches are serialised anyway; on PostgreSQL, see batching._may_overlap.
+            # SQLite batches are serialised anyway; on PostgreSQL, see batch_units.may_overlap.
             async with self.write() as session:
                 yield session
             return
