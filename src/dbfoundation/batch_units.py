@@ -63,21 +63,21 @@ def runs(batch: list[Unit]) -> list[tuple[bool, list[Unit]]]:
     rows in one order takes unique-index locks in one order, and two batches cannot deadlock.
     """
     groups: dict[object, list[Unit]] = {}
-    runs: list[tuple[bool, list[Unit]]] = []
+    in_order: list[tuple[bool, list[Unit]]] = []
     for unit in batch:
         key = unit.group_key
         if key is None:
-            runs.append((False, [unit]))
+            in_order.append((False, [unit]))
         elif key not in groups:
             groups[key] = [unit]
-            runs.append((True, groups[key]))
+            in_order.append((True, groups[key]))
         else:
             groups[key].append(unit)
     for units in groups.values():
         order = _insert_order(units[0])
         if order is not None:
             units.sort(key=order)
-    return runs
+    return in_order
 
 
 def _insert_order(first: Unit) -> Callable[[Unit], str] | None:

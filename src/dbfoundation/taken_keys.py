@@ -13,7 +13,7 @@ keys that took ~350 us of a batch's time under the write lock, ~210 us this way.
 
 from __future__ import annotations
 
-import weakref
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,8 +25,6 @@ from dbfoundation.errors import DuplicateKeyError
 __all__ = ["refuse_taken_keys", "unique_keys"]
 
 _CHUNK = 512  # keys per IN (...): with a few columns per key, well under SQLite's and asyncpg's limits
-# Per table, per unique key's column names, per padded length: the SELECT (tables are compared by identity).
-_SELECTS: weakref.WeakKeyDictionary[Table, dict[tuple[tuple[str, ...], int], Select[Any]]] = weakref.WeakKeyDictionary()
 
 
 async def refuse_taken_keys(
@@ -44,8 +42,9 @@ async def refuse_taken_keys(
             chunk = wanted[start : start + _CHUNK]
             size = 1 << (len(chunk) - 1).bit_length()
             chunk += [chunk[0]] * (size - len(chunk))  # a repeated key finds nothing more
-            params = {f"k{i}_{j}": value for i, key in enumerate(chunk) for j, value in enumerate(key)}
-            found = await connection.execute(_select_keys(table, columns, size), params)
+            params = {f"k{n}_{j}": value for n, key in enumerate(chunk) for j, value in enumerate(key)}
+            statement = _select_keys(table, tuple(column.key for column in columns), size)
+            found = await connection.execute(statement, params)
             taken.update(tuple(row) for row in found)
         claimed.append(taken)
     refusals: list[DuplicateKeyError | None] = []
@@ -63,19 +62,16 @@ async def refuse_taken_keys(
     return refusals
 
 
-def _select_keys(table: Table, columns: list[Column[Any]], size: int) -> Select[Any]:
+@functools.lru_cache(maxsize=256)  # tables hash and compare by identity
+def _select_keys(table: Table, names: tuple[str, ...], size: int) -> Select[Any]:
     """SELECT the key's columns WHERE they are IN `size` bound keys named k<i>_<j> (key i, column j)."""
-    statements = _SELECTS.setdefault(table, {})
-    cache_key = (tuple(column.key for column in columns), size)
-    statement = statements.get(cache_key)
-    if statement is None:
-        if len(columns) == 1:
-            condition = columns[0].in_([bindparam(f"k{i}_0", type_=columns[0].type) for i in range(size)])
-        else:
-            keys = [tuple_(*(bindparam(f"k{i}_{j}", type_=c.type) for j, c in enumerate(columns))) for i in range(size)]
-            condition = tuple_(*columns).in_(keys)
-        statement = statements[cache_key] = select(*columns).where(condition)
-    return statement
+    columns = [table.c[name] for name in names]
+    if len(columns) == 1:
+        condition = columns[0].in_([bindparam(f"k{i}_0", type_=columns[0].type) for i in range(size)])
+    else:
+        keys = [tuple_(*(bindparam(f"k{i}_{j}", type_=c.type) for j, c in enumerate(columns))) for i in range(size)]
+        condition = tuple_(*columns).in_(keys)
+    return select(*columns).where(condition)
 
 
 def unique_keys(table: Table, given: set[str]) -> list[tuple[str | None, list[Column[Any]]]]:
