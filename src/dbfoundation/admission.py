@@ -47,7 +47,7 @@ class KeptConnections:
 
     def take(self) -> Any:
         """A kept connection, or None."""
-        return self._connections.pop()[0] if self._connections else None
+        return self.take_with_age()[0]
 
     def take_with_age(self) -> tuple[Any, float]:
         """A kept connection and the seconds it sat kept, or (None, 0.0)."""

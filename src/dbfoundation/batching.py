@@ -213,12 +213,9 @@ async def _refuse_taken_keys(session: AsyncSession, units: list[Unit]) -> list[U
 
 
 async def _run_together(session: AsyncSession, pooled: Any, units: list[Unit], *, may_retry: bool) -> bool:
-    statement = units[0].statement
-    assert statement is not None  # noqa: S101 - group_key only groups statement units
     try:
         async with session.begin_nested():
-            connection = await session.connection()
-            await connection.execute(statement, [dict(u.params or {}) for u in units])
+            await _execute_group(session, units)
     except Exception as exc:
         if may_retry and is_retryable(exc):
             raise _RetryBatch from exc
@@ -250,11 +247,8 @@ async def _run_optimistically(session: AsyncSession, batch: list[Unit], *, may_r
         units = await _refuse_taken_keys(session, units)
         if not units:
             continue
-        statement = units[0].statement
-        assert statement is not None  # noqa: S101 - group_key only groups statement units
         try:
-            connection = await session.connection()
-            await connection.execute(statement, [dict(u.params or {}) for u in units])
+            await _execute_group(session, units)
         except Exception as exc:
             _raise_to_rerun(exc, may_retry=may_retry)
         for unit in units:
@@ -348,6 +342,14 @@ def _record_failure(unit: Unit, exc: Exception, *, may_retry: bool) -> None:
 
 async def _run_unit(session: AsyncSession, unit: Unit) -> Any:
     return await unit.function(session) if unit.function is not None else await _execute_statement(session, unit)
+
+
+async def _execute_group(session: AsyncSession, units: list[Unit]) -> None:
+    """Same-shape INSERT units as one executemany."""
+    statement = units[0].statement
+    assert statement is not None  # noqa: S101 - group_key only groups statement units
+    connection = await session.connection()
+    await connection.execute(statement, [dict(u.params or {}) for u in units])
 
 
 async def _execute_statement(session: AsyncSession, unit: Unit) -> Any:
