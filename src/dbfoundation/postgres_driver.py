@@ -19,7 +19,9 @@ Installed with `create_async_engine(url, module=adapted_dbapi())`, as sqlite_dri
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from sqlalchemy.dialects.postgresql.asyncpg import (
@@ -86,6 +88,25 @@ class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
     def cannot_commit(self) -> bool:
         """Whether a server error aborted the open transaction (its COMMIT would only roll back)."""
         return self._aborted
+
+    def begins_at_next_statement(self) -> bool:
+        """Whether the transaction has sent nothing yet (the adapter sends BEGIN with the first statement)
+        and would be a plain read-write READ COMMITTED one, as a statement sent alone runs."""
+        return (
+            self._transaction is None
+            and self.isolation_level in (None, "read_committed")
+            and not self.readonly
+            and not self.deferrable
+        )
+
+    @contextlib.contextmanager
+    def without_begin(self) -> Iterator[None]:
+        """Send statements with no BEGIN before them: each commits on its own (see one_statement)."""
+        self.autocommit = True
+        try:
+            yield
+        finally:
+            self.autocommit = False  # back to the connection's isolation level, as set_isolation_level left it
 
     def _handle_exception(self, error: Exception) -> NoReturn:
         if self._transaction is not None and not self._aborted and _sent_by_the_server(error):

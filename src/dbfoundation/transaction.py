@@ -38,6 +38,7 @@ from dbfoundation.admission import PoolGate, WriteAdmission
 from dbfoundation.driver_errors import translate
 from dbfoundation.engine import BEGIN_LIMITS_KEY, KEPT_SINCE
 from dbfoundation.errors import WriteTimeout
+from dbfoundation.one_statement import without_begin_for
 from dbfoundation.session import new_session, run_to_completion
 from dbfoundation.settings import DatabaseSettings
 from dbfoundation.sqlite_calls import BeginBusy
@@ -93,6 +94,10 @@ def _commit_and_close(session: Session | None, connection: Connection, keep: boo
     # On SQLite the driver ends the writer's turn right after the COMMIT (PendingBegin.done), before this
     # tidies up, so other processes' writers need not wait for it.
     if session is not None:
+        adapted = without_begin_for(session, connection)  # a PostgreSQL write that is one INSERT
+        if adapted is not None:
+            with adapted.without_begin():
+                session.flush()  # the INSERT commits itself; the COMMIT below then has nothing to send
         session.commit()  # flush + COMMIT of the connection's transaction (join_transaction_mode control_fully)
         session.close()
     if connection.in_transaction():  # no session, or a session that never used the connection
