@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, PoolProxiedConnection
 from sqlalchemy.util.concurrency import await_
 
-from dbfoundation import postgres_driver
+from dbfoundation import implicit_transactions, postgres_driver
 from dbfoundation.errors import DatabaseUnavailable
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
@@ -158,6 +158,9 @@ def _postgres_engine(settings: DatabaseSettings, url: Any) -> AsyncEngine:
     )
     if settings.pool_pre_ping:
         _ping_when_idle(engine)
+    # As do_begin on SQLite: the dialect hook, not an execute event (see there). Plain reads sent before
+    # the transaction's first other statement go without BEGIN (implicit_transactions).
+    setattr(engine.sync_engine.dialect, "do_execute", implicit_transactions.do_execute)  # noqa: B010
     return engine
 
 

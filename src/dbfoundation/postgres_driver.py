@@ -89,19 +89,18 @@ class AbortAwareConnection(AsyncAdapt_asyncpg_connection):
         """Whether a server error aborted the open transaction (its COMMIT would only roll back)."""
         return self._aborted
 
-    def begins_at_next_statement(self) -> bool:
+    def may_read_without_begin(self) -> bool:
         """Whether the transaction has sent nothing yet (the adapter sends BEGIN with the first statement)
-        and would be a plain read-write READ COMMITTED one, as a statement sent alone runs."""
-        return (
-            self._transaction is None
-            and self.isolation_level in (None, "read_committed")
-            and not self.readonly
-            and not self.deferrable
-        )
+        and runs at READ COMMITTED, where a plain read sent alone sees what it would see inside."""
+        return self._transaction is None and self.isolation_level in (None, "read_committed")
+
+    def may_write_without_begin(self) -> bool:
+        """As may_read_without_begin, and the transaction would be a plain read-write one."""
+        return self.may_read_without_begin() and not self.readonly and not self.deferrable
 
     @contextlib.contextmanager
     def without_begin(self) -> Iterator[None]:
-        """Send statements with no BEGIN before them: each commits on its own (see one_statement)."""
+        """Send statements with no BEGIN before them: each commits on its own (see implicit_transactions)."""
         self.autocommit = True
         try:
             yield

@@ -38,7 +38,7 @@ from dbfoundation.admission import PoolGate, WriteAdmission
 from dbfoundation.driver_errors import translate
 from dbfoundation.engine import BEGIN_LIMITS_KEY, KEPT_SINCE
 from dbfoundation.errors import WriteTimeout
-from dbfoundation.one_statement import without_begin_for
+from dbfoundation.implicit_transactions import without_begin_for
 from dbfoundation.session import new_session, run_to_completion
 from dbfoundation.settings import DatabaseSettings
 from dbfoundation.sqlite_calls import BeginBusy

@@ -1,8 +1,9 @@
-"""A PostgreSQL write that is one ORM INSERT is sent alone (no BEGIN, no COMMIT); anything more is not.
+"""PostgreSQL: plain reads sent first and a write that is one ORM INSERT go without BEGIN and COMMIT;
+anything else keeps its transaction.
 
-The asyncpg connection's query logger sees the BEGIN and COMMIT the adapter sends (the statements
-themselves go through prepared statements, which it does not log): an empty log means the INSERT
-committed on its own. The atomicity tests make the second statement fail and look for the first.
+The asyncpg connection's query logger sees the BEGIN, COMMIT and ROLLBACK the adapter sends (the
+statements themselves go through prepared statements, which it does not log): an empty log means every
+statement ran alone. The atomicity tests make a later statement fail and look for the earlier one's work.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import ForeignKey, String, event, func, insert, select, text
+from sqlalchemy import ForeignKey, String, event, func, insert, literal, literal_column, select, text, union_all
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
-from dbfoundation import Database, DuplicateKeyError, NotNullViolation
-from dbfoundation.one_statement import flush_is_one_insert
+from dbfoundation import Database, DuplicateKeyError, NotNullViolation, ReadOnlyError
+from dbfoundation.implicit_transactions import flush_is_one_insert, is_plain_read
 
 
 class Base(DeclarativeBase):
@@ -51,8 +57,9 @@ class Strict(Base):
 
 
 @contextlib.asynccontextmanager
-async def logged_write(db: Database) -> AsyncIterator[tuple[AsyncSession, list[str]]]:
-    """db.write(), with the transaction statements (BEGIN, COMMIT, ROLLBACK) it sends in the list."""
+async def logged_write(db: Database, *, read: bool = False) -> AsyncIterator[tuple[AsyncSession, list[str]]]:
+    """db.write() (db.read() with `read`), with the transaction statements (BEGIN, COMMIT, ROLLBACK) it
+    sends in the list."""
     sent: list[str] = []
 
     def log(record: Any) -> None:
@@ -60,7 +67,7 @@ async def logged_write(db: Database) -> AsyncIterator[tuple[AsyncSession, list[s
 
     driver = None
     try:
-        async with db.write() as session:
+        async with db.read() if read else db.write() as session:
             driver = (await session.connection()).sync_connection.connection.driver_connection
             driver.add_query_logger(log)
             yield session, sent
@@ -98,14 +105,18 @@ async def test_postgres_a_write_that_is_one_orm_insert_sends_no_begin_and_no_com
         async with logged_write(db) as (session, sent):  # two rows: one transaction around both
             session.add_all([Item(name="b"), Item(name="c")])
         assert sent == ["BEGIN", "COMMIT"]
-        async with logged_write(db) as (session, sent):  # a statement ran first: the block is one transaction
+        async with logged_write(db) as (session, sent):  # a plain read first goes alone too
             assert await session.scalar(select(func.count()).select_from(Item)) == 3
             session.add(Item(name="d"))
+        assert sent == []
+        async with logged_write(db) as (session, sent):  # a locking read first: the block is one transaction
+            assert (await session.scalars(select(Item).where(Item.name == "d").with_for_update())).one()
+            session.add(Item(name="d2"))
         assert sent == ["BEGIN", "COMMIT"]
         async with logged_write(db) as (session, sent):  # Core inside the block: its end is not known
             await session.execute(insert(Item), {"name": "e"})
         assert sent == ["BEGIN", "COMMIT"]
-        assert await _names(db, Item) == ["alone", "b", "c", "d", "e"]
+        assert await _names(db, Item) == ["alone", "b", "c", "d", "d2", "e"]
     finally:
         await db.stop()
 
@@ -209,3 +220,100 @@ def test_only_a_lone_new_object_without_relationships_or_listeners_is_one_insert
     session.expunge_all()
     session.add(Parent())
     assert flush_is_one_insert(session) is True
+
+
+async def test_postgres_a_plain_read_goes_alone_and_anything_else_in_a_read_only_transaction(
+    postgres_url: str,
+) -> None:
+    db = await _database(postgres_url)
+    try:
+        async with db.write() as session:
+            await session.execute(
+                text(
+                    "CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS "
+                    "$$ INSERT INTO audit (note) VALUES ('bumped') RETURNING id $$"
+                )
+            )
+            session.add(Item(name="a"))
+        async with logged_write(db, read=True) as (session, sent):
+            item = await session.scalar(select(Item).where(Item.name == "a"))
+            assert item is not None
+            assert await session.get(Audit, 1) is None
+            assert await session.scalar(select(func.count()).select_from(Item)) == 1
+        assert sent == []
+        with pytest.raises(ReadOnlyError):  # a function may write: it runs in the read-only transaction
+            async with logged_write(db, read=True) as (session, sent):
+                await session.scalar(select(func.bump()))
+        assert sent[0] == "BEGIN"
+        async with logged_write(db, read=True) as (session, sent):  # a server-side cursor needs a transaction
+            assert [row.name async for row in await session.stream_scalars(select(Item))] == ["a"]
+        assert sent == ["BEGIN", "COMMIT"]
+        assert await _names(db, Audit) == []
+    finally:
+        await db.stop()
+
+
+async def test_postgres_a_transaction_level_lock_taken_by_a_select_lasts_until_the_commit(postgres_url: str) -> None:
+    db = await _database(postgres_url)
+    other = await asyncpg.connect(postgres_url)
+    try:
+        async with logged_write(db) as (session, sent):
+            await session.execute(select(func.pg_advisory_xact_lock(7)))
+            assert await other.fetchval("SELECT pg_try_advisory_lock(7)") is False
+            session.add(Item(name="under the lock"))
+        assert sent == ["BEGIN", "COMMIT"]
+        assert await other.fetchval("SELECT pg_try_advisory_lock(7)") is True
+    finally:
+        await other.close()
+        await db.stop()
+
+
+async def test_postgres_a_failed_plain_read_the_block_handles_aborts_nothing(postgres_url: str) -> None:
+    """Sent alone, the failed read ended its own implicit transaction: what follows commits, as on SQLite."""
+    db = await _database(postgres_url)
+    try:
+        async with db.write() as session:
+            with pytest.raises(DBAPIError, match="division by zero"):
+                await session.scalar(select(literal(1) / literal(0)))
+            session.add(Item(name="after the failed read"))
+        assert await _names(db, Item) == ["after the failed read"]
+    finally:
+        await db.stop()
+
+
+def _plain(statement: Any) -> bool:
+    return is_plain_read(statement.compile(dialect=postgresql_asyncpg.dialect()))
+
+
+def test_only_selects_that_change_lock_and_call_nothing_are_plain_reads() -> None:
+    class Mine(ColumnElement[int]):  # an application's own construct: it may render any SQL
+        inherit_cache = True
+
+    @compiles(Mine)
+    def _render(*_args: Any, **_kw: Any) -> str:
+        return "bump()"
+
+    plain = [
+        select(Item).where(Item.id == 1),
+        select(func.count()).select_from(Item),
+        select(Item.name, func.lower(Item.name)).where(Item.name.in_(["a", "b"])).order_by(Item.id).limit(3),
+        select(Parent).join(Parent.items).where(Item.id.in_(select(Item.id).where(Item.name.is_(None)))),
+        union_all(select(Item.id), select(Audit.id)).subquery().select(),
+    ]
+    assert [_plain(statement) for statement in plain] == [True] * len(plain)
+    not_plain = [
+        select(Item).with_for_update(),
+        select(Item).where(Item.id.in_(select(Item.id).with_for_update().scalar_subquery())),
+        select(func.now()),
+        select(func.pg_advisory_xact_lock(1)),
+        select(func.nextval("items_id_seq")),
+        select(text("1")),
+        select(literal_column("bump()")),
+        select(Item).prefix_with("/* anything */"),
+        select(Item.id).where(Item.name.op("~~*")("a%")),
+        select(Mine()),
+        select(Item.id).where(Item.id == select(func.bump()).scalar_subquery()),
+        insert(Item).values(name="x"),
+        text("SELECT 1"),
+    ]
+    assert [_plain(statement) for statement in not_plain] == [False] * len(not_plain)
