@@ -307,6 +307,8 @@ def test_only_selects_that_change_lock_and_call_nothing_are_plain_reads() -> Non
         select(func.now()),
         select(func.pg_advisory_xact_lock(1)),
         select(func.nextval("items_id_seq")),
+        select(func.myschema.count(Item.id)),  # a function of the application's, whatever its name
+        select(Item).join(Parent, Parent.id == func.bump()),
         select(text("1")),
         select(literal_column("bump()")),
         select(Item).prefix_with("/* anything */"),

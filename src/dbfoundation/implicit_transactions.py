@@ -97,8 +97,8 @@ def _plain_element(element: Any) -> bool:
         return element._for_update_arg is None and not (
             element._prefixes or element._suffixes or element._hints or element._statement_hints
         )
-    if isinstance(element, FunctionElement):
-        return getattr(element, "name", None) in _PLAIN_FUNCTIONS
+    if isinstance(element, FunctionElement):  # by name, and not a schema's own (func.myschema.count)
+        return getattr(element, "name", None) in _PLAIN_FUNCTIONS and not getattr(element, "packagenames", ())
     if isinstance(element, TextClause):
         return False
     if isinstance(element, ColumnClause):
