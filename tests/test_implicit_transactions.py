@@ -77,9 +77,11 @@ async def logged_write(db: Database, *, read: bool = False) -> AsyncIterator[tup
             driver.remove_query_logger(log)
 
 
-async def _database(url: str) -> Database:
+async def _database(url: str, *, on_checkout: Any = None) -> Database:
     db = Database.from_url(url)
     await db.start()
+    if on_checkout is not None:  # before the first write: kept connections are checked out once
+        event.listen(db.engines.writer.sync_engine, "checkout", on_checkout)
     async with db.write() as session:
         await session.run_sync(lambda s: Base.metadata.create_all(s.connection()))
         await session.execute(text("ALTER TABLE strict ALTER COLUMN name SET NOT NULL"))
@@ -319,3 +321,36 @@ def test_only_selects_that_change_lock_and_call_nothing_are_plain_reads() -> Non
         text("SELECT 1"),
     ]
     assert [_plain(statement) for statement in not_plain] == [False] * len(not_plain)
+
+
+async def test_postgres_a_submitted_statement_alone_in_its_batch_is_sent_without_begin(postgres_url: str) -> None:
+    sent: list[str] = []
+    drivers: list[Any] = []
+
+    def log(record: Any) -> None:
+        sent.append(record.query.split()[0].rstrip(";"))
+
+    def watch(dbapi_connection: Any, *_args: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver not in drivers:
+            drivers.append(driver)
+            driver.add_query_logger(log)
+
+    db = await _database(postgres_url, on_checkout=watch)
+    try:
+        await asyncio.sleep(0.01)
+        sent.clear()  # creating the tables
+        assert await db.submit(insert(Item), {"name": "alone"}) == 1
+        with pytest.raises(DuplicateKeyError):
+            await db.submit(insert(Item), {"name": "alone"})
+        await asyncio.sleep(0.01)
+        assert drivers
+        assert sent == []
+        await asyncio.gather(*(db.submit(insert(Item), {"name": f"n{i}"}) for i in range(5)))
+        await asyncio.sleep(0.01)
+        assert "BEGIN" in sent  # several units in a batch: one transaction
+        assert len(await _names(db, Item)) == 6
+    finally:
+        for driver in drivers:
+            driver.remove_query_logger(log)
+        await db.stop()
