@@ -48,6 +48,8 @@ DEFAULT_ROWS = (
     "sqlalchemy-asyncpg:insert:postgres",
     "dbf-write:insert:postgres",
     "asyncpg-raw:insert:postgres",
+    "sqlalchemy-asyncpg:check-then-insert:postgres",
+    "dbf-write:check-then-insert:postgres",
     "sqlalchemy-asyncpg:read:postgres",
     "dbf-write:read:postgres",
     "asyncpg-raw:read:postgres",
@@ -55,7 +57,11 @@ DEFAULT_ROWS = (
     "sqlite3-raw-batched:insert:sqlite:64",
     "dbf-submit:insert:postgres:64",
 )
-VARIANTS = {"insert": ("ingest", "insert"), "read": ("read-mostly", "point-read")}
+VARIANTS = {
+    "insert": ("ingest", "insert"),
+    "check-then-insert": ("ingest", "check-then-insert"),
+    "read": ("read-mostly", "point-read"),
+}
 
 
 async def _child(impl: str, variant: str, backend: str, tasks: int, requests: int, generate: int) -> None:

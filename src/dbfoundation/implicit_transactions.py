@@ -110,6 +110,8 @@ def _plain_element(element: Any) -> bool:
 
 def without_begin_for(session: Session, connection: Connection) -> Any | None:
     """The adapted driver connection to flush `session` on without BEGIN, or None for the usual way."""
+    if len(session._new) != 1:  # first, as it costs least: every commit of a read or a write asks
+        return None
     try:
         adapted = connection.connection.dbapi_connection
     except Exception:  # a closed or invalidated connection: let the usual path raise what it raises
