@@ -77,15 +77,16 @@ async def logged_write(db: Database, *, read: bool = False) -> AsyncIterator[tup
             driver.remove_query_logger(log)
 
 
-async def _database(url: str, *, on_checkout: Any = None) -> Database:
-    db = Database.from_url(url)
-    await db.start()
-    if on_checkout is not None:  # before the first write: kept connections are checked out once
-        event.listen(db.engines.writer.sync_engine, "checkout", on_checkout)
-    async with db.write() as session:
-        await session.run_sync(lambda s: Base.metadata.create_all(s.connection()))
-        await session.execute(text("ALTER TABLE strict ALTER COLUMN name SET NOT NULL"))
-    return db
+@contextlib.asynccontextmanager
+async def _started(url: str, *, on_checkout: Any = None) -> AsyncIterator[Database]:
+    """A started Database with this module's tables; `on_checkout` sees every connection the writer uses."""
+    async with Database.from_url(url) as db:
+        if on_checkout is not None:  # before the first write: kept connections are checked out only once
+            event.listen(db.engines.writer.sync_engine, "checkout", on_checkout)
+        async with db.write() as session:
+            await session.run_sync(lambda s: Base.metadata.create_all(s.connection()))
+            await session.execute(text("ALTER TABLE strict ALTER COLUMN name SET NOT NULL"))
+        yield db
 
 
 async def _names(db: Database, entity: Any) -> list[str]:
@@ -95,8 +96,7 @@ async def _names(db: Database, entity: Any) -> list[str]:
 
 
 async def test_postgres_a_write_that_is_one_orm_insert_sends_no_begin_and_no_commit(postgres_url: str) -> None:
-    db = await _database(postgres_url)
-    try:
+    async with _started(postgres_url) as db:
         async with logged_write(db) as (session, sent):
             item = Item(name="alone")
             session.add(item)
@@ -119,15 +119,12 @@ async def test_postgres_a_write_that_is_one_orm_insert_sends_no_begin_and_no_com
             await session.execute(insert(Item), {"name": "e"})
         assert sent == ["BEGIN", "COMMIT"]
         assert await _names(db, Item) == ["alone", "b", "c", "d", "d2", "e"]
-    finally:
-        await db.stop()
 
 
 async def test_postgres_a_lone_insert_that_fails_raises_the_usual_error_and_leaves_the_connection_clean(
     postgres_url: str,
 ) -> None:
-    db = await _database(postgres_url)
-    try:
+    async with _started(postgres_url) as db:
         async with db.write() as session:
             session.add(Item(name="taken"))
         for _ in range(2):  # the second time on the connection the first failure left behind
@@ -144,36 +141,32 @@ async def test_postgres_a_lone_insert_that_fails_raises_the_usual_error_and_leav
             assert await session.scalar(text("SELECT count(*) FROM items")) == 3
         assert sent == ["BEGIN", "COMMIT"]
         assert await _names(db, Item) == ["taken", "x", "y"]
-    finally:
-        await db.stop()
 
 
 async def test_postgres_sql_sent_by_an_insert_listener_stays_in_the_inserts_transaction(postgres_url: str) -> None:
     """A before_insert listener that writes an audit row: when the INSERT then fails, no audit row stays."""
-    db = await _database(postgres_url)
 
     def audit(_mapper: Any, connection: Any, target: Item) -> None:
         connection.execute(insert(Audit), {"note": f"insert {target.name}"})
 
     event.listen(Item, "before_insert", audit)
     try:
-        async with db.write() as session:
-            session.add(Item(name="taken"))
-        with pytest.raises(DuplicateKeyError):
-            async with logged_write(db) as (session, sent):
+        async with _started(postgres_url) as db:
+            async with db.write() as session:
                 session.add(Item(name="taken"))
-        assert sent == ["BEGIN", "ROLLBACK"]
-        assert await _names(db, Audit) == ["insert taken"]  # the first write's, not the failed one's
+            with pytest.raises(DuplicateKeyError):
+                async with logged_write(db) as (session, sent):
+                    session.add(Item(name="taken"))
+            assert sent == ["BEGIN", "ROLLBACK"]
+            assert await _names(db, Audit) == ["insert taken"]  # the first write's, not the failed one's
     finally:
         event.remove(Item, "before_insert", audit)
-        await db.stop()
 
 
 async def test_postgres_an_object_added_by_a_before_flush_listener_stays_in_the_transaction(
     postgres_url: str,
 ) -> None:
-    db = await _database(postgres_url)
-    try:
+    async with _started(postgres_url) as db:
         async with db.write() as session:
             session.add(Item(name="taken"))
         with pytest.raises(DuplicateKeyError):
@@ -186,16 +179,13 @@ async def test_postgres_an_object_added_by_a_before_flush_listener_stays_in_the_
                 session.add(Item(name="taken"))
         assert sent == ["BEGIN", "ROLLBACK"]
         assert await _names(db, Audit) == []
-    finally:
-        await db.stop()
 
 
 async def test_postgres_a_new_object_holding_existing_ones_in_a_collection_is_one_transaction(
     postgres_url: str,
 ) -> None:
     """New parent, existing item put in its collection: an INSERT and an UPDATE of the item, so BEGIN."""
-    db = await _database(postgres_url)
-    try:
+    async with _started(postgres_url) as db:
         async with db.write() as session:
             child = Item(name="child")
             session.add(child)
@@ -205,8 +195,6 @@ async def test_postgres_a_new_object_holding_existing_ones_in_a_collection_is_on
         assert sent == ["BEGIN", "COMMIT"]
         async with db.read() as session:
             assert await session.scalar(select(Item.parent_id)) == parent.id
-    finally:
-        await db.stop()
 
 
 def test_only_a_lone_new_object_without_relationships_or_listeners_is_one_insert() -> None:
@@ -227,8 +215,7 @@ def test_only_a_lone_new_object_without_relationships_or_listeners_is_one_insert
 async def test_postgres_a_plain_read_goes_alone_and_anything_else_in_a_read_only_transaction(
     postgres_url: str,
 ) -> None:
-    db = await _database(postgres_url)
-    try:
+    async with _started(postgres_url) as db:
         async with db.write() as session:
             await session.execute(
                 text(
@@ -251,36 +238,30 @@ async def test_postgres_a_plain_read_goes_alone_and_anything_else_in_a_read_only
             assert [row.name async for row in await session.stream_scalars(select(Item))] == ["a"]
         assert sent == ["BEGIN", "COMMIT"]
         assert await _names(db, Audit) == []
-    finally:
-        await db.stop()
 
 
 async def test_postgres_a_transaction_level_lock_taken_by_a_select_lasts_until_the_commit(postgres_url: str) -> None:
-    db = await _database(postgres_url)
-    other = await asyncpg.connect(postgres_url)
-    try:
-        async with logged_write(db) as (session, sent):
-            await session.execute(select(func.pg_advisory_xact_lock(7)))
-            assert await other.fetchval("SELECT pg_try_advisory_lock(7)") is False
-            session.add(Item(name="under the lock"))
-        assert sent == ["BEGIN", "COMMIT"]
-        assert await other.fetchval("SELECT pg_try_advisory_lock(7)") is True
-    finally:
-        await other.close()
-        await db.stop()
+    async with _started(postgres_url) as db:
+        other = await asyncpg.connect(postgres_url)
+        try:
+            async with logged_write(db) as (session, sent):
+                await session.execute(select(func.pg_advisory_xact_lock(7)))
+                assert await other.fetchval("SELECT pg_try_advisory_lock(7)") is False
+                session.add(Item(name="under the lock"))
+            assert sent == ["BEGIN", "COMMIT"]
+            assert await other.fetchval("SELECT pg_try_advisory_lock(7)") is True
+        finally:
+            await other.close()
 
 
 async def test_postgres_a_failed_plain_read_the_block_handles_aborts_nothing(postgres_url: str) -> None:
     """Sent alone, the failed read ended its own implicit transaction: what follows commits, as on SQLite."""
-    db = await _database(postgres_url)
-    try:
+    async with _started(postgres_url) as db:
         async with db.write() as session:
             with pytest.raises(DBAPIError, match="division by zero"):
                 await session.scalar(select(literal(1) / literal(0)))
             session.add(Item(name="after the failed read"))
         assert await _names(db, Item) == ["after the failed read"]
-    finally:
-        await db.stop()
 
 
 def _plain(statement: Any) -> bool:
@@ -336,21 +317,20 @@ async def test_postgres_a_submitted_statement_alone_in_its_batch_is_sent_without
             drivers.append(driver)
             driver.add_query_logger(log)
 
-    db = await _database(postgres_url, on_checkout=watch)
     try:
-        await asyncio.sleep(0.01)
-        sent.clear()  # creating the tables
-        assert await db.submit(insert(Item), {"name": "alone"}) == 1
-        with pytest.raises(DuplicateKeyError):
-            await db.submit(insert(Item), {"name": "alone"})
-        await asyncio.sleep(0.01)
-        assert drivers
-        assert sent == []
-        await asyncio.gather(*(db.submit(insert(Item), {"name": f"n{i}"}) for i in range(5)))
-        await asyncio.sleep(0.01)
-        assert "BEGIN" in sent  # several units in a batch: one transaction
-        assert len(await _names(db, Item)) == 6
+        async with _started(postgres_url, on_checkout=watch) as db:
+            await asyncio.sleep(0.01)
+            sent.clear()  # creating the tables
+            assert await db.submit(insert(Item), {"name": "alone"}) == 1
+            with pytest.raises(DuplicateKeyError):
+                await db.submit(insert(Item), {"name": "alone"})
+            await asyncio.sleep(0.01)
+            assert drivers
+            assert sent == []
+            await asyncio.gather(*(db.submit(insert(Item), {"name": f"n{i}"}) for i in range(5)))
+            await asyncio.sleep(0.01)
+            assert "BEGIN" in sent  # several units in a batch: one transaction
+            assert len(await _names(db, Item)) == 6
     finally:
         for driver in drivers:
             driver.remove_query_logger(log)
-        await db.stop()

@@ -218,7 +218,8 @@ class Database:
 
     def read(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """An AsyncSession for reads: the reader pool on SQLite (never waits for the writer), a read-only
-        transaction on PostgreSQL (or the replica). A write through it raises ReadOnlyError."""
+        transaction on PostgreSQL (or the replica; plain SELECTs go without one, see implicit_transactions).
+        A write through it raises ReadOnlyError."""
         engines = self._require_started("db.read()")
         if self._joined is not None:
             return self._joined.session(where="db.read()", read_only=True)
