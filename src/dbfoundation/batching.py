@@ -44,6 +44,7 @@ from sqlalchemy.sql import Executable
 from dbfoundation.batch_units import Unit, group_key, may_overlap, runs
 from dbfoundation.driver_errors import is_retryable, translate
 from dbfoundation.errors import IntegrityViolation, TransactionAborted
+from dbfoundation.implicit_transactions import writer_without_begin
 from dbfoundation.taken_keys import refuse_taken_keys
 
 __all__ = ["GroupCommitter"]
@@ -272,9 +273,9 @@ async def _run_only(session: AsyncSession, pooled: Any, unit: Unit, *, may_retry
     A statement that is all its transaction would hold goes without BEGIN on PostgreSQL (one round trip
     instead of three, see implicit_transactions): one statement is atomic on its own."""
     try:
-        alone = getattr(pooled.dbapi_connection, "may_write_without_begin", None)
-        if unit.function is None and alone is not None and alone():
-            with pooled.dbapi_connection.without_begin():
+        alone = writer_without_begin(pooled.dbapi_connection) if unit.function is None else None
+        if alone is not None:
+            with alone.without_begin():
                 value = await _execute_statement(session, unit)
         else:
             value = await _run_unit(session, unit)

@@ -41,7 +41,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["do_execute", "flush_is_one_insert", "is_plain_read", "without_begin_for"]
+__all__ = ["do_execute", "flush_is_one_insert", "is_plain_read", "without_begin_for", "writer_without_begin"]
 
 # Functions that read their arguments and nothing else: no side effect, no lock, no transaction time.
 _PLAIN_FUNCTIONS = frozenset(
@@ -116,10 +116,14 @@ def without_begin_for(session: Session, connection: Connection) -> Any | None:
         adapted = connection.connection.dbapi_connection
     except Exception:  # a closed or invalidated connection: let the usual path raise what it raises
         return None
-    begins_later = getattr(adapted, "may_write_without_begin", None)  # PostgreSQL's adapter only
-    if begins_later is None or not begins_later() or not flush_is_one_insert(session):
-        return None
-    return adapted
+    return writer_without_begin(adapted) if flush_is_one_insert(session) else None
+
+
+def writer_without_begin(adapted: Any) -> Any | None:
+    """`adapted` (a DBAPI connection) if a write sent on it now may go without BEGIN, else None: only
+    PostgreSQL's adapter, with nothing sent yet in a plain read-write READ COMMITTED transaction."""
+    may = getattr(adapted, "may_write_without_begin", None)
+    return adapted if may is not None and may() else None
 
 
 def flush_is_one_insert(session: Session) -> bool:
