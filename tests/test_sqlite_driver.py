@@ -24,6 +24,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, in
 from sqlalchemy.exc import IntegrityError
 
 from dbfoundation import Database, DuplicateKeyError, ReadOnlyError
+from dbfoundation.sqlite_driver import INLINE_MANY_ROWS
 
 metadata = MetaData()
 items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("key", String, unique=True))
@@ -306,11 +307,12 @@ async def test_submit_units_cost_their_statements_plus_one_commit(
     assert sum(hops.values()) == 2, hops
 
 
-async def test_an_inline_write_costs_no_hop_and_executemany_goes_to_the_thread(
+async def test_an_inline_write_costs_no_hop_and_only_a_large_executemany_goes_to_the_thread(
     db: Database, hops: collections.Counter[str]
 ) -> None:
-    """With its turn taken the writer runs BEGIN, statements, savepoints and COMMIT on the loop's thread;
-    executemany (bulk work) still goes to the connection's thread."""
+    """With its turn taken the writer runs BEGIN, statements, savepoints and COMMIT on the loop's thread,
+    and an executemany of up to INLINE_MANY_ROWS rows (a submit() batch); a larger one (bulk work) goes to
+    the connection's thread."""
     async with db.write() as session:
         await session.execute(insert(items), {"key": "a"})
         async with session.begin_nested():
@@ -321,10 +323,13 @@ async def test_an_inline_write_costs_no_hop_and_executemany_goes_to_the_thread(
     await db.submit(insert(items), {"key": "submitted"})
     assert sum(hops.values()) == 0, hops
     async with db.write() as session:
-        await session.execute(insert(items), [{"key": f"m{n}"} for n in range(3)])
+        await session.execute(insert(items), [{"key": f"m{n}"} for n in range(INLINE_MANY_ROWS)])
+    assert sum(hops.values()) == 0, hops
+    async with db.write() as session:
+        await session.execute(insert(items), [{"key": f"bulk{n}"} for n in range(INLINE_MANY_ROWS + 1)])
     assert sum(hops.values()) == 1, hops
     async with db.read() as session:
-        assert await session.scalar(text("SELECT count(*) FROM items")) == 7
+        assert await session.scalar(text("SELECT count(*) FROM items")) == 4 + 2 * INLINE_MANY_ROWS + 1
 
 
 async def test_a_commit_that_fsyncs_goes_to_the_thread(tmp_path: Path, hops: collections.Counter[str]) -> None:
