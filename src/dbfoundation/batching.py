@@ -74,9 +74,11 @@ class GroupCommitter:
         return await self._submit(Unit(asyncio.get_running_loop().create_future(), function=function))
 
     async def submit_statement(self, statement: Executable, params: Mapping[str, Any] | None) -> Any:
-        future = asyncio.get_running_loop().create_future()
-        unit = Unit(future, statement=statement, params=params, group_key=group_key(statement, params))
-        return await self._submit(unit)
+        # No local names the unit: see _submit.
+        key = group_key(statement, params)
+        return await self._submit(
+            Unit(asyncio.get_running_loop().create_future(), statement=statement, params=params, group_key=key)
+        )
 
     async def _submit(self, unit: Unit) -> Any:
         if self._closed:
@@ -84,9 +86,17 @@ class GroupCommitter:
         self._queue.append(unit)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name="dbfoundation-group-commit")
+        future = unit.future
+        del unit
         # A caller cancelled while its unit still waits in the queue takes the unit with it (the batch
         # skips cancelled futures); once the batch has started, the unit commits regardless.
-        return await unit.future
+        try:
+            return await future
+        finally:
+            # A failed unit's error holds this frame in its traceback: a frame holding the future, which
+            # holds the error, would be a reference cycle per failure (a retried delivery refused as a
+            # duplicate), left for the cyclic collector and adding to its full collections.
+            del future
 
     async def close(self) -> None:
         """Let queued units finish, then stop the worker."""
