@@ -346,6 +346,27 @@ def _open_descriptors(path: Path) -> int:
     return found
 
 
+async def test_every_unit_of_a_batch_whose_turn_never_came_gets_write_timeout(tmp_path: Path) -> None:
+    """A writer outside our lock file (the sqlite3 shell) keeps the database locked past write_timeout: each
+    unit of the waiting db.submit() batch gets WriteTimeout naming it, not only the first (the others used
+    to get SQLAlchemy's PendingRollbackError, or the raw `database is locked`), and nothing is written."""
+    url = _make_hits(tmp_path / "app.db")
+    foreign = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+    foreign.execute("BEGIN IMMEDIATE")
+    try:
+        async with Database.from_url(url, write_timeout=0.3) as db:
+            batch = [db.submit(text("INSERT INTO hits VALUES (:n)"), {"n": n}) for n in range(8)]
+            outcomes = await asyncio.gather(*batch, return_exceptions=True)
+            assert all(isinstance(outcome, WriteTimeout) for outcome in outcomes), outcomes
+            assert all("outside dbfoundation" in str(outcome) for outcome in outcomes), outcomes[0]
+            foreign.execute("COMMIT")
+            await db.submit(text("INSERT INTO hits VALUES (99)"))
+            async with db.read() as session:
+                assert list(await session.scalars(text("SELECT n FROM hits"))) == [99]
+    finally:
+        foreign.close()
+
+
 async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_path: Path) -> None:
     """After a burst of local writers the lock file is free."""
     url = _make_hits(tmp_path / "app.db")

@@ -43,9 +43,10 @@ from sqlalchemy.sql import Executable
 
 from dbfoundation.batch_units import Unit, group_key, may_overlap, runs
 from dbfoundation.driver_errors import is_retryable, translate
-from dbfoundation.errors import IntegrityViolation, TransactionAborted
+from dbfoundation.errors import IntegrityViolation, TransactionAborted, WriteTimeout
 from dbfoundation.implicit_transactions import writer_without_begin
 from dbfoundation.taken_keys import refuse_taken_keys
+from dbfoundation.transaction import begin_busy_waited
 
 __all__ = ["GroupCommitter"]
 
@@ -228,6 +229,8 @@ async def _run_together(session: AsyncSession, pooled: Any, units: list[Unit], *
         async with session.begin_nested():
             await _execute_group(session, units)
     except Exception as exc:
+        if _no_turn(exc):
+            raise
         if may_retry and is_retryable(exc):
             raise _RetryBatch from exc
         if _cannot_commit(pooled):
@@ -272,7 +275,14 @@ def _cannot_commit(pooled: Any) -> bool:
     return check is not None and bool(check())
 
 
+def _no_turn(exc: Exception) -> bool:
+    """Whether `exc` says the batch never got its write turn (nothing ran): every unit gets that error."""
+    return isinstance(exc, WriteTimeout) or begin_busy_waited(exc) is not None
+
+
 def _raise_to_rerun(exc: Exception, *, may_retry: bool) -> NoReturn:
+    if _no_turn(exc):
+        raise exc
     if may_retry and is_retryable(exc):
         raise _RetryBatch from exc
     raise _RunCarefully from None
@@ -349,7 +359,10 @@ def _aborted(where: str, session: AsyncSession) -> TransactionAborted:
 
 
 def _record_failure(unit: Unit, exc: Exception, *, may_retry: bool) -> None:
-    """The unit's own failure, typed, as its outcome; a deadlock or serialization failure reruns the batch."""
+    """The unit's own failure, typed, as its outcome; a deadlock or serialization failure reruns the batch,
+    and a write turn that never came fails it."""
+    if _no_turn(exc):
+        raise exc
     if may_retry and is_retryable(exc):
         raise _RetryBatch from exc
     typed = translate(exc, where="db.submit()")
