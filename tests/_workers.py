@@ -112,3 +112,17 @@ def hold_write_slot(url: str, seconds: float, ready: Any) -> None:
             await asyncio.sleep(seconds)
 
     asyncio.run(main())
+
+
+def submit_when_told(url: str, n: int, units: int, ready: Any, go: Any, out: Any) -> None:
+    """Start a Database, say so, and when told, db.submit() rows n*100 + i (i < units) into hits at once."""
+
+    async def main() -> None:
+        async with Database.from_url(url) as db:
+            ready.set()
+            await asyncio.to_thread(go.wait, 60)
+            insert = text("INSERT INTO hits VALUES (:n)")
+            await asyncio.gather(*(db.submit(insert, {"n": n * 100 + i}) for i in range(units)))
+        out.put(n)
+
+    asyncio.run(main())

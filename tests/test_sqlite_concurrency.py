@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 import _workers
 from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout
+from dbfoundation.batching import IN_LINE_UNITS
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -344,6 +345,77 @@ def _open_descriptors(path: Path) -> int:
         with contextlib.suppress(OSError):
             found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
     return found
+
+
+def _blocked_on(lock_path: Path) -> int:
+    """How many flock requests wait in the kernel for `lock_path` (from /proc/locks: "->" lines)."""
+    inode = lock_path.stat().st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and "FLOCK" in line and line.split()[6].endswith(f":{inode}"))
+
+
+def test_submit_batches_of_several_processes_get_the_lock_file_in_the_order_they_asked(tmp_path: Path) -> None:
+    """A db.submit() batch of IN_LINE_UNITS waits for the lock file in the kernel's line and is handed it
+    there, so batches of several processes go in the order they began to wait. (A writer that only waits
+    for the lock to come free races for it at every release: whichever process is on a CPU wins.) Here the
+    lock is held while four processes ask one after another; each is seen waiting in the kernel before the
+    next asks."""
+    url = _make_hits(tmp_path / "app.db")
+    lock_path = Path(f"{tmp_path / 'app.db'}-writelock")
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    out = SPAWN.Queue()
+    readies, gos = [SPAWN.Event() for _ in range(4)], [SPAWN.Event() for _ in range(4)]
+    workers = [
+        SPAWN.Process(target=_workers.submit_when_told, args=(url, n, IN_LINE_UNITS, readies[n], gos[n], out))
+        for n in range(4)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        for ready in readies:
+            assert ready.wait(60), "a worker process did not start its Database"
+        for n, go in enumerate(gos):
+            go.set()
+            give_up = time.monotonic() + 30
+            while _blocked_on(lock_path) < n + 1:
+                assert time.monotonic() < give_up, f"process {n} never waited for the lock file in the kernel"
+                time.sleep(0.01)
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    assert sorted(out.get(timeout=60) for _ in workers) == [0, 1, 2, 3]
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    connection = sqlite3.connect(tmp_path / "app.db")
+    try:
+        batches = [n // 100 for (n,) in connection.execute("SELECT n FROM hits ORDER BY rowid")]
+    finally:
+        connection.close()
+    assert batches == [n for n in range(4) for _ in range(IN_LINE_UNITS)]
+
+
+async def test_a_submit_batch_that_gave_up_waiting_in_line_leaves_the_lock_file_free(tmp_path: Path) -> None:
+    """A batch that times out while waiting in the kernel's line leaves its request there: the watcher
+    takes the lock when it comes free and lets go at once, so the next writer goes straight in."""
+    url = _make_hits(tmp_path / "app.db")
+    lock_path = Path(f"{tmp_path / 'app.db'}-writelock")
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        async with Database.from_url(url, write_timeout=0.3) as db:
+            batch = [db.submit(text("INSERT INTO hits VALUES (1)")) for _ in range(IN_LINE_UNITS)]
+            outcomes = await asyncio.gather(*batch, return_exceptions=True)
+            assert all(isinstance(outcome, WriteTimeout) for outcome in outcomes), outcomes
+            assert _blocked_on(lock_path) == 1  # the abandoned request still waits in line
+            fcntl.flock(other, fcntl.LOCK_UN)
+            await db.submit(text("INSERT INTO hits VALUES (2)"))  # within write_timeout: nothing kept the lock
+            async with db.read() as session:
+                assert list(await session.scalars(text("SELECT n FROM hits"))) == [2]
+        assert _lock_file_is_free(tmp_path / "app.db")
+    finally:
+        os.close(other)
 
 
 async def test_every_unit_of_a_batch_whose_turn_never_came_gets_write_timeout(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
-from dbfoundation.admission import PoolGate, WriteAdmission
+from dbfoundation.admission import WAIT_IN_LINE, PoolGate, WriteAdmission
 from dbfoundation.batching import GroupCommitter
 from dbfoundation.checkpoint import Checkpointer
 from dbfoundation.driver_errors import translate
@@ -396,9 +396,17 @@ class Database:
         )
 
     @contextlib.asynccontextmanager
-    async def _batch_transaction(self, serialised: bool) -> AsyncIterator[AsyncSession]:
-        if not serialised or self._joined is not None or self.backend == "sqlite":
-            # SQLite batches are serialised anyway; on PostgreSQL, see batch_units.may_overlap.
+    async def _batch_transaction(self, serialised: bool, in_line: bool) -> AsyncIterator[AsyncSession]:
+        if self.backend == "sqlite" and self._joined is None:
+            # Serialised anyway; a large batch waits for the lock file in line (see GroupCommitter).
+            waits_in_line = WAIT_IN_LINE.set(in_line)
+            try:
+                async with self.write() as session:
+                    yield session
+            finally:
+                WAIT_IN_LINE.reset(waits_in_line)
+            return
+        if not serialised or self._joined is not None:  # on PostgreSQL, see batch_units.may_overlap
             async with self.write() as session:
                 yield session
             return
