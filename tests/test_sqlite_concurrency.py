@@ -396,6 +396,35 @@ def test_submit_batches_of_several_processes_get_the_lock_file_in_the_order_they
     assert batches == [n for n in range(4) for _ in range(IN_LINE_UNITS)]
 
 
+async def test_a_batch_that_goes_straight_to_the_line_takes_a_free_lock_file(tmp_path: Path) -> None:
+    """After a batch had to wait in line, the next one asks through the watcher thread first (a lock found
+    free is most often being passed on): with nobody else there it still gets the lock at once, and the
+    one after that asks the kernel directly again."""
+    url = _make_hits(tmp_path / "app.db")
+    lock_path = Path(f"{tmp_path / 'app.db'}-writelock")
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    insert = text("INSERT INTO hits VALUES (:n)")
+    try:
+        async with Database.from_url(url, write_timeout=5.0) as db:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            first = asyncio.gather(*(db.submit(insert, {"n": 1}) for _ in range(IN_LINE_UNITS)))
+            async with asyncio.timeout(5):
+                while not _blocked_on(lock_path):  # noqa: ASYNC110 - the kernel's line has no event to await
+                    await asyncio.sleep(0.01)
+            fcntl.flock(other, fcntl.LOCK_UN)
+            await first
+            file_lock = db._admission._file_lock  # type: ignore[union-attr]
+            assert file_lock._line_formed  # it met a held lock
+            async with asyncio.timeout(2):
+                await asyncio.gather(*(db.submit(insert, {"n": 2}) for _ in range(IN_LINE_UNITS)))
+            assert not file_lock._line_formed  # through the watcher, which found the lock free
+            async with db.read() as session:
+                assert await session.scalar(text("SELECT count(*) FROM hits")) == 2 * IN_LINE_UNITS
+        assert _lock_file_is_free(tmp_path / "app.db")
+    finally:
+        os.close(other)
+
+
 async def test_a_submit_batch_that_gave_up_waiting_in_line_leaves_the_lock_file_free(tmp_path: Path) -> None:
     """A batch that times out while waiting in the kernel's line leaves its request there: the watcher
     takes the lock when it comes free and lets go at once, so the next writer goes straight in."""

@@ -195,6 +195,9 @@ class WriteAdmission:
             self._file_lock.close()
 
 
+_Handed = tuple[int, bool]  # an in-line wait's result: the descriptor holding the lock, whether it waited
+
+
 class _FileLock:
     """An exclusive flock taken on the event loop's thread, with the waiting done on a watcher thread.
 
@@ -221,21 +224,29 @@ class _FileLock:
         self._held: int | None = None  # the descriptor the lock is held on now (ours, or one handed over)
         self._watcher: _FreeWatcher | None = None
         self.waiting = False  # a writer of this process waits for another process to let go
+        self._line_formed = False  # our last wait in line met a held lock: others are likely waiting too
 
     async def acquire(self, deadline: float, *, in_line: bool = False) -> None:
         if self._fd is None:
             self._fd = _open(self.path)
         loop = asyncio.get_running_loop()
+        # While a line forms, a lock found free is most often being passed on: its release woke the next in
+        # line, which has not run yet. Asking through the watcher gives that waiter the head start of one
+        # thread hop (4 x 64 tasks: p99 19-20 ms against 20.5-21.5).
+        straight_to_line = in_line and self._line_formed
         while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a syscall that never waits
-                self._held = self._fd
-                return
-            except BlockingIOError:
-                pass
+            if not straight_to_line:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a syscall that never waits
+                    self._held = self._fd
+                    self._line_formed = False
+                    return
+                except BlockingIOError:
+                    pass
+            straight_to_line = False
             if self._watcher is None:
                 self._watcher = _FreeWatcher(self.path)
-            woken: asyncio.Future[int | None] = loop.create_future()
+            woken: asyncio.Future[_Handed | None] = loop.create_future()
             self._watcher.watch(loop, woken, in_line)
             self.waiting = True
             try:
@@ -243,13 +254,13 @@ class _FileLock:
                     handed = await woken  # a waiter that gives up leaves its request behind (see _hand)
             except BaseException:
                 # Handed the lock, then cancelled (or timed out) before it resumed: let it go.
-                if woken.done() and not woken.cancelled() and (fd := woken.result()) is not None:
-                    _let_go(fd, close=True)
+                if woken.done() and not woken.cancelled() and (got := woken.result()) is not None:
+                    _let_go(got[0], close=True)
                 raise
             finally:
                 self.waiting = False
             if handed is not None:
-                self._held = handed
+                self._held, self._line_formed = handed
                 return
 
     def release(self) -> None:
@@ -272,7 +283,8 @@ class _FreeWatcher:
 
     A plain request: the thread blocks on its own descriptor until the lock is free, lets go at once and
     resolves the future (and every request made meanwhile) with None. An `in_line` request: the thread
-    blocks on a fresh descriptor and keeps the lock, resolving the future with that descriptor.
+    takes the lock on a fresh descriptor, blocking if it is held, and keeps it, resolving the future with
+    (that descriptor, whether it had to wait).
 
     It resolves each future with one `call_soon_threadsafe`, so the writer runs two loop iterations after
     the lock came free; `asyncio.to_thread` behind a shield took four (the executor future, the task
@@ -284,11 +296,11 @@ class _FreeWatcher:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd = _open(path)
-        self._requests: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[int | None], bool] | None]
+        self._requests: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[_Handed | None], bool] | None]
         self._requests = queue.SimpleQueue()
         threading.Thread(target=self._run, name="dbfoundation-writelock", daemon=True).start()
 
-    def watch(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[int | None], in_line: bool) -> None:
+    def watch(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[_Handed | None], in_line: bool) -> None:
         self._requests.put((loop, future, in_line))
 
     def close(self) -> None:
@@ -300,9 +312,14 @@ class _FreeWatcher:
                 loop, future, in_line = request
                 if in_line:
                     fd = _open(self._path)
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # in the kernel's line; kept for the writer
                     try:
-                        loop.call_soon_threadsafe(_hand, future, fd)
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        waited = False
+                    except BlockingIOError:
+                        fcntl.flock(fd, fcntl.LOCK_EX)  # in the kernel's line; kept for the writer
+                        waited = True
+                    try:
+                        loop.call_soon_threadsafe(_hand, future, (fd, waited))
                     except RuntimeError:  # that loop has closed: nobody is waiting
                         _let_go(fd, close=True)
                     continue
@@ -332,13 +349,13 @@ def _let_go(fd: int, *, close: bool) -> None:
         os.close(fd)
 
 
-def _hand(future: asyncio.Future[int | None], fd: int | None) -> None:
-    """On the loop: give the waiter a free lock (None) or the descriptor holding it; a waiter that timed out
-    or was cancelled left its future behind, and a lock held for it is let go."""
+def _hand(future: asyncio.Future[_Handed | None], handed: _Handed | None) -> None:
+    """On the loop: tell the waiter the lock came free (None) or give it the lock (see _Handed); a waiter
+    that timed out or was cancelled left its future behind, and a lock taken for it is let go."""
     if not future.done():
-        future.set_result(fd)
-    elif fd is not None:
-        _let_go(fd, close=True)
+        future.set_result(handed)
+    elif handed is not None:
+        _let_go(handed[0], close=True)
 
 
 def describe_flock_holder(path: Path) -> str | None:
