@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import itertools
 import multiprocessing
@@ -23,7 +24,7 @@ import pytest
 from sqlalchemy import text
 
 import _workers
-from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout
+from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout, admission
 from dbfoundation.batching import IN_LINE_UNITS
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -466,6 +467,39 @@ async def test_every_unit_of_a_batch_whose_turn_never_came_gets_write_timeout(tm
                 assert list(await session.scalars(text("SELECT n FROM hits"))) == [99]
     finally:
         foreign.close()
+
+
+async def test_a_batch_waits_as_a_plain_writer_when_no_descriptor_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting in line takes a descriptor of its own; out of descriptors (EMFILE), the batch waits for the
+    lock file to come free as any writer does instead of losing its watcher thread."""
+    url = _make_hits(tmp_path / "app.db")
+    lock_path = Path(f"{tmp_path / 'app.db'}-writelock")
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    insert = text("INSERT INTO hits VALUES (:n)")
+
+    async def release_once_waiting() -> None:
+        while not _blocked_on(lock_path):  # noqa: ASYNC110 - the kernel's line has no event to await
+            await asyncio.sleep(0.01)
+        fcntl.flock(other, fcntl.LOCK_UN)
+
+    try:
+        async with Database.from_url(url, write_timeout=3.0) as db:
+            fcntl.flock(other, fcntl.LOCK_EX)  # a first wait starts the watcher thread
+            await asyncio.gather(db.submit(insert, {"n": 0}), release_once_waiting())
+
+            def no_descriptor_left(path: Path) -> int:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            monkeypatch.setattr(admission, "_open", no_descriptor_left)
+            fcntl.flock(other, fcntl.LOCK_EX)
+            batch = asyncio.gather(*(db.submit(insert, {"n": 1}) for _ in range(IN_LINE_UNITS)))
+            await asyncio.gather(batch, release_once_waiting())
+            async with db.read() as session:
+                assert await session.scalar(text("SELECT count(*) FROM hits")) == 1 + IN_LINE_UNITS
+    finally:
+        os.close(other)
 
 
 async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_path: Path) -> None:

@@ -310,18 +310,12 @@ class _FreeWatcher:
         try:
             while (request := self._requests.get()) is not None:
                 loop, future, in_line = request
-                if in_line:
-                    fd = _open(self._path)
+                handed = self._take_in_line() if in_line else None
+                if handed is not None:
                     try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        waited = False
-                    except BlockingIOError:
-                        fcntl.flock(fd, fcntl.LOCK_EX)  # in the kernel's line; kept for the writer
-                        waited = True
-                    try:
-                        loop.call_soon_threadsafe(_hand, future, (fd, waited))
+                        loop.call_soon_threadsafe(_hand, future, handed)
                     except RuntimeError:  # that loop has closed: nobody is waiting
-                        _let_go(fd, close=True)
+                        _let_go(handed[0], close=True)
                     continue
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -337,6 +331,28 @@ class _FreeWatcher:
                         loop.call_soon_threadsafe(_hand, future, None)
         finally:
             os.close(self._fd)
+
+    def _take_in_line(self) -> _Handed | None:
+        """The lock on a descriptor of its own, waited for in the kernel's line if it is held; None if no
+        descriptor could be had (out of file descriptors): the request then waits as a plain one."""
+        try:
+            fd = _open(self._path)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, False
+        except BlockingIOError:
+            pass
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # in the kernel's line; kept for the writer
+        except OSError:
+            os.close(fd)
+            return None
+        return fd, True
 
 
 def _open(path: Path) -> int:
