@@ -14,7 +14,8 @@ keys that took ~350 us of a batch's time under the write lock, ~210 us this way.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Column, PrimaryKeyConstraint, Select, Table, UniqueConstraint, bindparam, select, tuple_
@@ -33,7 +34,8 @@ async def refuse_taken_keys(
     """Per row, in order: the DuplicateKeyError its INSERT would meet (a key in the table, or claimed by an
     earlier row that will run), or None."""
     keys = unique_keys(table, set(rows[0]) if rows else set())
-    row_keys = [[tuple(row[column.key] for column in columns) for _name, columns in keys] for row in rows]
+    getters = [_key_of(tuple(column.key for column in columns)) for _name, columns in keys]
+    row_keys = [[get(row) for get in getters] for row in rows]
     claimed: list[set[tuple[Any, ...]]] = []  # per unique key: values in the table, then claimed by this batch
     for i, (_name, columns) in enumerate(keys):
         wanted = list({key for values in row_keys if None not in (key := values[i])})  # NULLs never collide
@@ -42,15 +44,21 @@ async def refuse_taken_keys(
             chunk = wanted[start : start + _CHUNK]
             size = 1 << (len(chunk) - 1).bit_length()
             chunk += [chunk[0]] * (size - len(chunk))  # a repeated key finds nothing more
-            params = {f"k{n}_{j}": value for n, key in enumerate(chunk) for j, value in enumerate(key)}
+            names = _parameter_names(size, len(columns))
+            params = dict(zip(names, (value for key in chunk for value in key), strict=True))
             statement = _select_keys(table, tuple(column.key for column in columns), size)
             found = await connection.execute(statement, params)
             taken.update(tuple(row) for row in found)
         claimed.append(taken)
+    # From here on the write turn is held (SQLite): plain loops, no generator per row.
     refusals: list[DuplicateKeyError | None] = []
     for values in row_keys:
-        clash = next((i for i, key in enumerate(values) if None not in key and key in claimed[i]), None)
-        if clash is not None:
+        clash = -1
+        for i, key in enumerate(values):
+            if key in claimed[i]:  # a key with a NULL is never in claimed
+                clash = i
+                break
+        if clash >= 0:
             name, columns = keys[clash]
             shown = tuple(f"{table.name}.{column.name}" for column in columns)
             refusals.append(DuplicateKeyError(name, table.name, shown))
@@ -60,6 +68,21 @@ async def refuse_taken_keys(
                 claimed[i].add(key)
         refusals.append(None)
     return refusals
+
+
+@functools.lru_cache(maxsize=64)
+def _key_of(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A row's values of a key's columns, as a tuple."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda row: (row[name],)
+    return operator.itemgetter(*names)  # a tuple for two names or more
+
+
+@functools.lru_cache(maxsize=64)
+def _parameter_names(size: int, width: int) -> tuple[str, ...]:
+    """The bound parameters of _select_keys(..., size) for keys of `width` columns, key by key."""
+    return tuple(f"k{n}_{j}" for n in range(size) for j in range(width))
 
 
 @functools.lru_cache(maxsize=256)  # tables hash and compare by identity
