@@ -27,6 +27,7 @@ from dbfoundation import (
     TransactionAborted,
 )
 from dbfoundation.admission import PoolGate
+from dbfoundation.checkpoint import Checkpointer
 from dbfoundation.engine import ALIVE_BYPASS_S
 
 metadata = MetaData()
@@ -524,6 +525,46 @@ async def test_background_checkpointer_truncates_a_wal_past_its_limit(tmp_path: 
         assert wal.stat().st_size == 0
         async with db.read() as session:
             assert await session.scalar(text("SELECT count(*) FROM blobs")) == 200
+
+
+async def test_checkpointer_truncates_only_a_wal_that_stopped_restarting(tmp_path: Path) -> None:
+    """A WAL past the limit that has not restarted since the last size check (readers starve it, or it sat
+    idle) is TRUNCATEd in the write slot; one that restarted meanwhile is left to SQLite, which truncates
+    it to journal_size_limit at the commit that restarts it: a TRUNCATE would stop every writer while it
+    copies and syncs (350-500 ms at 20,000 inserts/s)."""
+    path = tmp_path / "app.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode = WAL", "wal_autocheckpoint = 0", "journal_size_limit = 65536"):
+        writer.execute(f"PRAGMA {pragma}")
+    writer.execute("CREATE TABLE blobs (b BLOB)")
+    truncations: list[int] = []
+
+    async def truncate_in_write_slot() -> None:
+        truncations.append(1)
+
+    def grow_wal() -> int:
+        writer.execute("BEGIN")
+        for _ in range(50):
+            writer.execute("INSERT INTO blobs VALUES (randomblob(10000))")
+        writer.execute("COMMIT")
+        return path.with_name("app.db-wal").stat().st_size
+
+    checkpointer = Checkpointer(
+        path, truncate_every_s=60, size_limit=65_536, truncate_in_write_slot=truncate_in_write_slot
+    )
+    try:
+        await checkpointer._limit_size(grow_wal())  # past the limit, same WAL as before: truncate
+        assert truncations == [1]
+        checkpointer._passive()  # everything copied: the next commit restarts the WAL ...
+        writer.execute("INSERT INTO blobs VALUES (1)")
+        assert path.with_name("app.db-wal").stat().st_size <= 65_536  # ... and SQLite trims it itself
+        await checkpointer._limit_size(grow_wal())  # past the limit again, but it restarted meanwhile
+        assert truncations == [1]
+        await checkpointer._limit_size(path.with_name("app.db-wal").stat().st_size)  # no restart since
+        assert truncations == [1, 1]
+    finally:
+        checkpointer.close()
+        writer.close()
 
 
 async def test_commits_leave_checkpoints_to_the_background_checkpointer(tmp_path: Path) -> None:
