@@ -147,8 +147,9 @@ class DatabaseSettings(BaseSettings):
     sqlite_inline_writes: bool = True
     """SQLite: once a writer has its turn, run its statements (and, in WAL at synchronous NORMAL or OFF,
     its COMMIT) on the event loop's thread instead of a thread hop each: ~1.4x writes/s. A statement then
-    holds up the loop while it runs, so turn it off if write transactions run long statements;
-    executemany, and a BEGIN that meets a writer outside dbfoundation, always go to the thread. A read
+    holds up the loop while it runs, so turn it off if write transactions run long statements; an
+    executemany of more than 256 rows, and a BEGIN that meets a writer outside dbfoundation, always go to
+    the thread. A read
     transaction's COMMIT (it only ends the snapshot) runs on the loop's thread too (its statements: see
     sqlite_inline_read_steps)."""
     sqlite_inline_read_steps: int = Field(default=10_000, ge=0)
