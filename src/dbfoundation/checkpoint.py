@@ -49,11 +49,10 @@ class Checkpointer:
         self._connection: sqlite3.Connection | None = None
         self._using = threading.Lock()  # a cancelled run() may leave a checkpoint running on its thread
         self._seen: tuple[int, int] | None = None  # (size, mtime_ns) of the WAL at the last checkpoint
-        self._generation = self._wal_generation()  # the WAL's header at the last size check
+        self._generation = self._wal_generation()  # the WAL's header at the last size check (or start)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._generation = self._wal_generation()
         next_size_check = loop.time() + self._truncate_every_s
         while True:
             await asyncio.sleep(min(PASSIVE_EVERY_S, self._truncate_every_s))

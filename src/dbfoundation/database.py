@@ -397,28 +397,25 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _batch_transaction(self, serialised: bool, in_line: bool) -> AsyncIterator[AsyncSession]:
-        if self.backend == "sqlite" and self._joined is None:
-            # Serialised anyway; a large batch waits for the lock file in line (see GroupCommitter).
-            waits_in_line = WAIT_IN_LINE.set(in_line)
-            try:
+        # A large batch waits for SQLite's lock file in line (see GroupCommitter); PostgreSQL ignores it.
+        waits_in_line = WAIT_IN_LINE.set(in_line)
+        try:
+            if not serialised or self._joined is not None or self.backend == "sqlite":
+                # SQLite batches are serialised anyway; on PostgreSQL, see batch_units.may_overlap.
                 async with self.write() as session:
                     yield session
-            finally:
-                WAIT_IN_LINE.reset(waits_in_line)
-            return
-        if not serialised or self._joined is not None:  # on PostgreSQL, see batch_units.may_overlap
+                return
+            # PostgreSQL: batches of several processes would run side by side, and a function that reads
+            # then writes (a counter) would lose updates. A transaction-level advisory lock taken first
+            # serialises the batches of every process, as SQLite's write slot does; at READ COMMITTED each
+            # later statement then sees what the previous batch committed. (REPEATABLE READ was tried: under
+            # contention its serialization failures outran any sane number of retries.)
             async with self.write() as session:
+                connection = await session.connection()
+                await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_submit_lock_key(self.settings)})")
                 yield session
-            return
-        # PostgreSQL: batches of several processes would run side by side, and a function that reads then
-        # writes (a counter) would lose updates. A transaction-level advisory lock taken first serialises
-        # the batches of every process, as SQLite's write slot does; at READ COMMITTED each later statement
-        # then sees what the previous batch committed. (REPEATABLE READ was tried: under contention its
-        # serialization failures outran any sane number of retries.)
-        async with self.write() as session:
-            connection = await session.connection()
-            await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_submit_lock_key(self.settings)})")
-            yield session
+        finally:
+            WAIT_IN_LINE.reset(waits_in_line)
 
     async def _check_reachable(self, engines: Engines) -> None:
         # Checking out a connection opens it and (SQLite) applies and verifies its PRAGMAs. No statement on

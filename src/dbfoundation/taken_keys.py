@@ -34,19 +34,20 @@ async def refuse_taken_keys(
     """Per row, in order: the DuplicateKeyError its INSERT would meet (a key in the table, or claimed by an
     earlier row that will run), or None."""
     keys = unique_keys(table, set(rows[0]) if rows else set())
-    getters = [_key_of(tuple(column.key for column in columns)) for _name, columns in keys]
+    names = [tuple(column.key for column in columns) for _name, columns in keys]
+    getters = [_key_of(key_names) for key_names in names]
     row_keys = [[get(row) for get in getters] for row in rows]
     claimed: list[set[tuple[Any, ...]]] = []  # per unique key: values in the table, then claimed by this batch
-    for i, (_name, columns) in enumerate(keys):
+    for i, key_names in enumerate(names):
         wanted = list({key for values in row_keys if None not in (key := values[i])})  # NULLs never collide
         taken: set[tuple[Any, ...]] = set()
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             size = 1 << (len(chunk) - 1).bit_length()
             chunk += [chunk[0]] * (size - len(chunk))  # a repeated key finds nothing more
-            names = _parameter_names(size, len(columns))
-            params = dict(zip(names, (value for key in chunk for value in key), strict=True))
-            statement = _select_keys(table, tuple(column.key for column in columns), size)
+            parameters = _parameter_names(size, len(key_names))
+            params = dict(zip(parameters, (value for key in chunk for value in key), strict=True))
+            statement = _select_keys(table, key_names, size)
             found = await connection.execute(statement, params)
             taken.update(tuple(row) for row in found)
         claimed.append(taken)
