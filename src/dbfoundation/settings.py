@@ -149,9 +149,8 @@ class DatabaseSettings(BaseSettings):
     its COMMIT) on the event loop's thread instead of a thread hop each: ~1.4x writes/s. A statement then
     holds up the loop while it runs, so turn it off if write transactions run long statements; an
     executemany of more than 256 rows, and a BEGIN that meets a writer outside dbfoundation, always go to
-    the thread. A read
-    transaction's COMMIT (it only ends the snapshot) runs on the loop's thread too (its statements: see
-    sqlite_inline_read_steps)."""
+    the thread. A read transaction's COMMIT (it only ends the snapshot) runs on the loop's thread too (its
+    statements: see sqlite_inline_read_steps)."""
     sqlite_inline_read_steps: int = Field(default=10_000, ge=0)
     """SQLite: a read statement runs on the event loop's thread (no thread hop) until it has taken this
     many SQLite VM steps (a point read takes a few dozen; 10,000 is well under a millisecond); one that
