@@ -41,7 +41,8 @@ def counter_with_dbfoundation(url: str, barrier: Any, seconds: float, tasks: int
                     waits.append(time.monotonic() - began)
 
             await asyncio.gather(*(task() for _ in range(tasks)))
-        return _result(acks, errors, waits)
+            runs = db._admission is not None and db._admission.runs  # turns passed within the process
+        return {**_result(acks, errors, waits), "runs": runs}
 
     out.put(asyncio.run(main()))
 

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import text
 
 import _workers
-from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout, admission
+from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout, admission, lock_file
 from dbfoundation.batching import IN_LINE_UNITS
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -79,7 +79,8 @@ def _make_hits(path: Path) -> str:
 
 
 def test_four_processes_of_32_writers_lose_no_increment(tmp_path: Path) -> None:
-    """4 processes x 32 tasks doing read-modify-write through db.write() see no error and lose no update."""
+    """4 processes x 32 tasks doing read-modify-write through db.write() see no error and lose no update,
+    with the turn passed between writers of a process (runs, see test_write_runs) as well as between processes."""
     path = tmp_path / "app.db"
     _make_counter(path)
     results = _run_processes(
@@ -89,6 +90,7 @@ def test_four_processes_of_32_writers_lose_no_increment(tmp_path: Path) -> None:
     acknowledged = sum(r["acks"] for r in results)
     assert errors == []
     assert all(r["acks"] > 0 for r in results)  # every process really wrote, so they overlapped
+    assert all(r["runs"] for r in results)
     assert _counter_value(path) == acknowledged
 
 
@@ -318,10 +320,11 @@ async def test_cancelling_writers_mid_transaction_leaks_no_slot_and_no_partial_w
         async with db.write() as session:  # a leaked slot would end in WriteTimeout here
             await session.execute(text("INSERT INTO parts VALUES (-1, 1)"))
             await session.execute(text("INSERT INTO parts VALUES (-1, 2)"))
-        # The last write committed, so its connection is held for the next one; a leak would make it two.
+        # Committed writes leave their connections held for the next ones (one per writer a run lets in at
+        # once); every checked-out connection is one of them, so none leaked.
         assert db._admission is not None
-        assert len(db._admission.held) == 1
-        assert db.engines.writer.pool.checkedout() == 1  # type: ignore[attr-defined]
+        assert 1 <= len(db._admission.held) <= admission.RUN_TURNS
+        assert db.engines.writer.pool.checkedout() == len(db._admission.held)  # type: ignore[attr-defined]
         async with db.read() as session:
             counts = set(await session.scalars(text("SELECT count(*) FROM parts GROUP BY tx")))
         assert counts == {2}  # every transaction is whole: both parts or nothing
@@ -492,7 +495,7 @@ async def test_a_batch_waits_as_a_plain_writer_when_no_descriptor_is_left(
             def no_descriptor_left(path: Path) -> int:
                 raise OSError(errno.EMFILE, "Too many open files")
 
-            monkeypatch.setattr(admission, "_open", no_descriptor_left)
+            monkeypatch.setattr(lock_file, "_open", no_descriptor_left)
             fcntl.flock(other, fcntl.LOCK_EX)
             batch = asyncio.gather(*(db.submit(insert, {"n": 1}) for _ in range(IN_LINE_UNITS)))
             await asyncio.gather(batch, release_once_waiting())

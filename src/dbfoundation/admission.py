@@ -11,23 +11,25 @@ IMMEDIATE` (see sqlite_driver). One deadline covers all of it; past it, `WriteTi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
-import fcntl
 import os
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from dbfoundation.errors import DatabaseUnavailable, WriteTimeout
+from dbfoundation.lock_file import LockFile, describe_flock_holder
 
-__all__ = ["WAIT_IN_LINE", "KeptConnections", "PoolGate", "WriteAdmission", "describe_flock_holder"]
+__all__ = ["RUN_TURNS", "WAIT_IN_LINE", "KeptConnections", "PoolGate", "WriteAdmission", "let_next_writer_run"]
+
+RUN_TURNS = 2
+"""Turns in a row one process's writers take while the lock file stays theirs (see WriteAdmission)."""
 
 WAIT_IN_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("dbfoundation_wait_in_line", default=False)
-"""True in a task whose wait for the lock file keeps its place in the kernel's line (see _FileLock): the
+"""True in a task whose wait for the lock file keeps its place in the kernel's line (see lock_file.LockFile): the
 group committer's larger batches, each the turn of many callers (batching.IN_LINE_UNITS)."""
 
 
@@ -77,36 +79,59 @@ class KeptConnections:
 
 
 class WriteAdmission:
-    """The write path of one SQLite file in this process: its writer connection and its write turn.
+    """The write path of one SQLite file in this process: its writer connections and its write turn.
 
     Two steps, so that what a writer does before its first statement does not hold up other processes:
 
-    - `acquire_local()`: this process's writer connection (FIFO `asyncio.Semaphore`: waiting costs no
-      thread). With it the writer opens its session and lets the ORM build its statements; no SQL yet.
-    - `acquire_write()`: the lock file, the turn among processes. The driver asks for it right before
-      the transaction's first statement (see sqlite_driver.PendingBegin), and `release_write()` follows
-      the COMMIT at once; the session's tidying up runs after.
+    - `acquire_local()`: a writer connection of this process (FIFO: waiting costs no thread). With it the
+      writer opens its session and lets the ORM build its statements; no SQL yet.
+    - `acquire_write()`: the turn, right before the transaction's first statement (see
+      sqlite_driver.PendingBegin): from the writer of this process before it, or from the lock file, the
+      turn among processes. `release_write()` follows the COMMIT at once; the session's tidying up runs after.
 
     Each step returns or takes the loop-time deadline by which the writer must have begun; past it,
     `WriteTimeout`. Releases run in `finally`, so a cancelled or failing writer never leaks either.
 
-    `held` keeps the writer's SQLAlchemy connection checked out between transactions (see
-    transaction.TransactionScope): only the holder of `acquire_local()` may take it or put it back.
+    Runs. A writer whose block runs its own code between statements (check then insert, read then update)
+    holds the turn through that code, so with several processes each turn costs a hand-over between
+    processes as well (the lock file free while the next process wakes, ~75-120 us on a 2-vCPU VM) and
+    runs on a CPU that idled meanwhile. While the last turns ran more than one statement, a second writer
+    of the process prepares while the first waits, and takes the turn from it without letting go of the
+    lock file (RUN_TURNS in a row); the first yields to it before tidying up. A turn of one statement
+    (a plain insert) gains nothing from that, and the second writer's waits cost CPU: then one writer at a
+    time prepares, and the lock file goes back to the kernel after every transaction. Measured at 4
+    processes x 64 tasks (benchmarks/notes/ingest.md): check-then-insert +5-12 %, a read-then-update
+    counter +10-15 %, plain inserts unchanged (two writers for them too: -15 %). Without the yield the
+    next writer waited ~80 us for the first one's tidying up; a third writer gained nothing.
+
+    `held` keeps the writers' SQLAlchemy connections checked out between transactions (see
+    transaction.TransactionScope): only a holder of `acquire_local()` may take one or put one back.
     """
 
     keeps_connections = True
-    max_idle_s: float | None = None  # the writer's one connection to a local file: kept however long it sat
+    max_idle_s: float | None = None  # the writer's connections to a local file: kept however long they sat
 
     def __init__(self, database_path: Path, *, use_lock_file: bool) -> None:
         self.database_path = database_path
-        self._connection = asyncio.Semaphore(1)  # FIFO since Python 3.11.1
-        self._file_lock = _FileLock(Path(f"{database_path}-writelock")) if use_lock_file else None
-        self._holder: str | None = None
+        self._writers = _Gate()
+        self._file_lock = LockFile(Path(f"{database_path}-writelock")) if use_lock_file else None
+        self._holder: str | None = None  # the writer with the turn, named when a queued one times out
+        self._admitted: str | None = None  # else the writer let in last
         self.held = KeptConnections()
+        self._turn_taken = False  # a writer of this process has the turn, or asks the lock file for it
+        self._turn_line: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self._run = 0  # turns in a row since the lock file was taken
+        self._after_run = False  # a run just ended: the next writer of this process lets others go first
+        self._code_in_turn = 0.0  # moving share of recent turns that ran more than one statement
 
     @property
     def lock_file(self) -> Path | None:
         return None if self._file_lock is None else self._file_lock.path
+
+    @property
+    def runs(self) -> bool:
+        """Whether turns pass between writers of this process (see the class doc)."""
+        return self._writers.limit > 1
 
     def waiting_for_lock_file(self) -> bool:
         """Whether a writer of this process waits for another process to let go of the lock file.
@@ -144,257 +169,168 @@ class WriteAdmission:
             self.release_local()
 
     async def acquire_local(self, timeout_s: float) -> float:
-        """The writer connection of this process (FIFO); return the loop-time deadline for the rest."""
+        """A writer connection of this process (FIFO); return the loop-time deadline for the rest."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout_s
         # A write whose statements and COMMIT all run inline (sqlite_driver) never yields to the event loop
         # otherwise: a task writing in a loop would hold up every other task until it stopped.
         await asyncio.sleep(0)
-        if not self._connection.locked():
-            await self._connection.acquire()  # free and nobody queued: no timer to arm
-        else:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._connection.acquire()
-            except TimeoutError:
-                raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder) from None
-        task = asyncio.current_task()  # the one a queued writer waits for, named when it times out
-        self._holder = f"task {task.get_name()} in pid {os.getpid()}" if task else f"pid {os.getpid()}"
+        if not await self._writers.enter(deadline):
+            raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder or self._admitted)
+        self._admitted = _task_name()
         return deadline
 
     def release_local(self) -> None:
-        self._holder = None
-        self._connection.release()
+        self._admitted = None
+        self._writers.leave()
 
     async def acquire_write(self, deadline: float) -> None:
-        """The lock file (needs acquire_local(): one writer of this process asks at a time). Pair with
-        release_write()."""
-        if self._file_lock is None:
-            return
+        """The turn: from the writer of this process before this one, or from the lock file. Needs
+        acquire_local(); pair with release_write()."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        if self._turn_taken:
+            waiter: asyncio.Future[bool] = loop.create_future()
+            self._turn_line.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    handed = await waiter
+            except BaseException as exc:
+                self._leave_line(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise WriteTimeout(str(self.database_path), loop.time() - started, self._holder) from None
+                raise
+            if handed:
+                self._holder = _task_name()
+                return
+        self._turn_taken = True  # ours to take from the lock file; the writers after us wait in line
+        if self._file_lock is None:
+            return
+        after_run, self._after_run = self._after_run, False
         try:
-            await self._file_lock.acquire(deadline, in_line=WAIT_IN_LINE.get())
-        except TimeoutError:
-            holder = describe_flock_holder(self._file_lock.path) or "another process"
-            raise WriteTimeout(str(self.database_path), loop.time() - started, holder) from None
+            await self._file_lock.acquire(deadline, in_line=WAIT_IN_LINE.get(), via_watcher=after_run)
+        except BaseException as exc:
+            self._pass_on()
+            if isinstance(exc, TimeoutError):
+                holder = describe_flock_holder(self._file_lock.path) or "another process"
+                raise WriteTimeout(str(self.database_path), loop.time() - started, holder) from None
+            raise
+        self._run = 0
+        self._holder = _task_name()
 
-    def release_write(self) -> None:
-        """Done with the database file (committed or rolled back): let the next writer in, of any process.
-
-        The lock file goes back to the kernel after every transaction. Keeping it for the next writer of
-        this process (runs of up to 32) was measured slower since the turn shrank to the statements
-        themselves: 4 processes x 64 tasks ran ~2,500 inserts/s with runs and ~3,000 without, because
-        while one process writes the others prepare their next transaction on the other core."""
+    def release_write(self, statements: int | None = None) -> bool:
+        """Done with the database file (committed or rolled back): let the next writer in. `statements`:
+        how many the committed transaction ran (None: unknown). True if the turn went to another writer
+        of this process, which the caller should let run (yield once) before it tidies up."""
+        self._holder = None
+        if statements is not None:
+            self._count_turn(statements > 1)
+        self._run += 1
+        if self._file_lock is None or self._run < RUN_TURNS:
+            while self._turn_line:
+                waiter = self._turn_line.popleft()
+                if not waiter.done():
+                    waiter.set_result(True)
+                    return True
         if self._file_lock is not None:
             self._file_lock.release()
+            # Else the next writer here, which runs microseconds from now, would take the lock file back
+            # before any other process's waiter has woken: it asks through the watcher, a thread hop later.
+            self._after_run = bool(self._turn_line)
+        self._pass_on()
+        return False
+
+    def _pass_on(self) -> None:
+        """The turn is free in this process: the next writer in line asks the lock file for it."""
+        while self._turn_line:
+            waiter = self._turn_line.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
+                return
+        self._turn_taken = False
+
+    def _leave_line(self, waiter: asyncio.Future[bool]) -> None:
+        """A writer in line gave up (timed out, cancelled): pass on whatever it was given meanwhile."""
+        if not waiter.done() or waiter.cancelled():
+            with contextlib.suppress(ValueError):
+                self._turn_line.remove(waiter)
+        elif waiter.result():  # handed the turn before it could resume
+            self.release_write()
+        else:  # told to ask the lock file
+            self._pass_on()
+
+    def _count_turn(self, code_in_turn: bool) -> None:
+        self._code_in_turn += (float(code_in_turn) - self._code_in_turn) / 8
+        self._writers.set_limit(RUN_TURNS if self._code_in_turn > 0.5 else 1)
 
     def close(self) -> None:
         if self._file_lock is not None:
             self._file_lock.close()
 
 
-_Handed = tuple[int, bool]  # an in-line wait's result: the descriptor holding the lock, whether it waited
+class _Gate:
+    """A FIFO gate letting in up to `limit` tasks (1 or RUN_TURNS), changeable while tasks are inside."""
 
+    def __init__(self) -> None:
+        self.limit = 1
+        self._inside = 0
+        self._line: collections.deque[asyncio.Future[None]] = collections.deque()
 
-class _FileLock:
-    """An exclusive flock taken on the event loop's thread, with the waiting done on a watcher thread.
-
-    The lock itself is only ever taken with a non-blocking `flock` on the loop, right when the writer runs,
-    so the holder uses it at once and gives it back right after its COMMIT. When it is taken, the watcher
-    thread blocks on its own descriptor until the lock is free, lets go of it at once, and wakes the
-    writer, which tries again. Letting that thread keep the lock instead held it while the writer waited
-    for its loop to come round (busy with other requests): in a read-mostly workload over 4 processes a
-    write's p99 went from ~0.7 s to ~0.15-0.2 s, and check-then-insert ran ~20 % faster, this way.
-
-    That way is first come, first served at every release: whichever process is on a CPU then takes the
-    lock, and the kernel's line of blocked waiters (Linux keeps them in order) is lost. For a large group-
-    commit batch (`in_line`), whose callers all wait and whose loop is idle, the order matters more than
-    the moment the loop needs to come round: with 4 processes x 64 tasks of db.submit(), one process saw 0 to
-    27 turns of the others between two of its own (fair: 3) and the p99 of a request was 30-36 ms. Such a
-    waiter's watcher keeps the lock it waited for in line, on a descriptor of its own, and hands it over
-    (p99 22 ms there, max 30-70 ms against 65-105). A waiter that gives up leaves its request behind: the
-    watcher takes the lock when its turn comes and the loop lets go of it at once (_hand).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None  # the descriptor the lock is taken on by the loop
-        self._held: int | None = None  # the descriptor the lock is held on now (ours, or one handed over)
-        self._watcher: _FreeWatcher | None = None
-        self.waiting = False  # a writer of this process waits for another process to let go
-        self._line_formed = False  # our last wait in line met a held lock: others are likely waiting too
-
-    async def acquire(self, deadline: float, *, in_line: bool = False) -> None:
-        if self._fd is None:
-            self._fd = _open(self.path)
-        loop = asyncio.get_running_loop()
-        # While a line forms, a lock found free is most often being passed on: its release woke the next in
-        # line, which has not run yet. Asking through the watcher gives that waiter the head start of one
-        # thread hop (4 x 64 tasks: p99 19-20 ms against 20.5-21.5).
-        straight_to_line = in_line and self._line_formed
-        while True:
-            if not straight_to_line:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a syscall that never waits
-                    self._held = self._fd
-                    self._line_formed = False
-                    return
-                except BlockingIOError:
-                    pass
-            straight_to_line = False
-            if self._watcher is None:
-                self._watcher = _FreeWatcher(self.path)
-            woken: asyncio.Future[_Handed | None] = loop.create_future()
-            self._watcher.watch(loop, woken, in_line)
-            self.waiting = True
-            try:
-                async with asyncio.timeout_at(deadline):
-                    handed = await woken  # a waiter that gives up leaves its request behind (see _hand)
-            except BaseException:
-                # Handed the lock, then cancelled (or timed out) before it resumed: let it go.
-                if woken.done() and not woken.cancelled() and (got := woken.result()) is not None:
-                    _let_go(got[0], close=True)
-                raise
-            finally:
-                self.waiting = False
-            if handed is not None:
-                self._held, self._line_formed = handed
-                return
-
-    def release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            _let_go(held, close=held != self._fd)
-
-    def close(self) -> None:
-        self.release()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
-
-
-class _FreeWatcher:
-    """A daemon thread that waits for the lock file on the writers' behalf and wakes the futures that asked.
-
-    A plain request: the thread blocks on its own descriptor until the lock is free, lets go at once and
-    resolves the future (and every request made meanwhile) with None. An `in_line` request: the thread
-    takes the lock on a fresh descriptor, blocking if it is held, and keeps it, resolving the future with
-    (that descriptor, whether it had to wait).
-
-    It resolves each future with one `call_soon_threadsafe`, so the writer runs two loop iterations after
-    the lock came free; `asyncio.to_thread` behind a shield took four (the executor future, the task
-    around to_thread, the shield, the writer), and with every worker's loop busy each iteration is many
-    requests long: that is when the lock sat free while the writers that wanted it waited for their loops.
-    A daemon thread also never holds up the interpreter's exit while it blocks on the lock.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd = _open(path)
-        self._requests: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[_Handed | None], bool] | None]
-        self._requests = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="dbfoundation-writelock", daemon=True).start()
-
-    def watch(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[_Handed | None], in_line: bool) -> None:
-        self._requests.put((loop, future, in_line))
-
-    def close(self) -> None:
-        self._requests.put(None)  # the thread closes its descriptor and ends once it is not waiting
-
-    def _run(self) -> None:
+    async def enter(self, deadline: float) -> bool:
+        """Wait for a place until the loop-time `deadline`; False if none came."""
+        if self._inside < self.limit and not self._line:
+            self._inside += 1  # free and nobody queued: no timer to arm
+            return True
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append(place)
         try:
-            while (request := self._requests.get()) is not None:
-                loop, future, in_line = request
-                handed = self._take_in_line() if in_line else None
-                if handed is not None:
-                    try:
-                        loop.call_soon_threadsafe(_hand, future, handed)
-                    except RuntimeError:  # that loop has closed: nobody is waiting
-                        _let_go(handed[0], close=True)
-                    continue
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                waiting = [request]
-                while not self._requests.empty():  # one free lock answers every request made meanwhile
-                    more = self._requests.get_nowait()
-                    if more is None:
-                        self._requests.put(None)
-                        break
-                    waiting.append(more)  # an in-line one among them just asks again
-                for loop, future, _in_line in waiting:
-                    with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
-                        loop.call_soon_threadsafe(_hand, future, None)
-        finally:
-            os.close(self._fd)
+            async with asyncio.timeout_at(deadline):
+                await place
+        except BaseException as exc:
+            if place.done() and not place.cancelled():
+                self.leave()  # let in just before giving up: pass the place on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._line.remove(place)
+            if isinstance(exc, TimeoutError):
+                return False
+            raise
+        return True
 
-    def _take_in_line(self) -> _Handed | None:
-        """The lock on a descriptor of its own, waited for in the kernel's line if it is held; None if no
-        descriptor could be had (out of file descriptors): the request then waits as a plain one."""
-        try:
-            fd = _open(self._path)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd, False
-        except BlockingIOError:
-            pass
-        except OSError:
-            os.close(fd)
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # in the kernel's line; kept for the writer
-        except OSError:
-            os.close(fd)
-            return None
-        return fd, True
+    def leave(self) -> None:
+        self._inside -= 1
+        self._let_in()
+
+    def set_limit(self, limit: int) -> None:
+        if limit != self.limit:
+            self.limit = limit
+            self._let_in()
+
+    def _let_in(self) -> None:
+        while self._line and self._inside < self.limit:
+            place = self._line.popleft()
+            if not place.done():
+                self._inside += 1
+                place.set_result(None)
 
 
-def _open(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _task_name() -> str:
+    task = asyncio.current_task()
+    return f"task {task.get_name()} in pid {os.getpid()}" if task else f"pid {os.getpid()}"
 
 
-def _let_go(fd: int, *, close: bool) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    if close:
-        os.close(fd)
-
-
-def _hand(future: asyncio.Future[_Handed | None], handed: _Handed | None) -> None:
-    """On the loop: tell the waiter the lock came free (None) or give it the lock (see _Handed); a waiter
-    that timed out or was cancelled left its future behind, and a lock taken for it is let go."""
-    if not future.done():
-        future.set_result(handed)
-    elif handed is not None:
-        _let_go(handed[0], close=True)
-
-
-def describe_flock_holder(path: Path) -> str | None:
-    """Name the process holding an flock on `path`, from /proc/locks (Linux); None where unknown.
-
-    Only called on the slow path (a timeout), so reading /proc costs nothing in normal operation.
-    """
+async def let_next_writer_run() -> None:
+    """Yield once, so that the writer of this process just handed the turn runs before this one tidies
+    up; a cancellation that arrives meanwhile is delivered at the caller's next await instead (the
+    transaction has committed)."""
     try:
-        inode = path.stat().st_ino
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 4121 fd:01:1234567 0 EOF"; waiters carry "->" and are skipped.
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
-            pid = fields[4]
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except OSError:
-                command = ""
-            return f"pid {pid}" + (f" ({command[:80]})" if command else "")
-    return None
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+            task.cancel()
 
 
 class PoolGate:

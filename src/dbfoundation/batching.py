@@ -65,7 +65,7 @@ class GroupCommitter:
     (PostgreSQL; SQLite serialises every write anyway), see `batch_units.may_overlap`. `in_line` is True
     for a batch of IN_LINE_UNITS or more: its wait for the write turn is the latency of all its callers,
     so it waits in order rather than racing other processes for a turn that has just come free (SQLite's
-    lock file, see admission._FileLock); a smaller one races, which keeps the turn busy.
+    lock file, see lock_file.LockFile); a smaller one races, which keeps the turn busy.
     """
 
     def __init__(self, transaction: Callable[[bool, bool], AbstractAsyncContextManager[AsyncSession]]) -> None:

@@ -2,7 +2,7 @@
 
 SQLite's auto-checkpoint runs inside the COMMIT that crosses 1,000 WAL pages: that writer copies the
 pages into the database file and fsyncs it while every writer queued behind it waits (measured: p99 of
-a 64-task group commit 30 ms with it, 11-22 ms without). So the writer connection turns it off
+a 64-task group commit 30 ms with it, 11-22 ms without). So the writer connections turn it off
 (`wal_autocheckpoint = 0`, set in pragmas.PragmaPlan when this checkpointer runs) and this task runs a
 PASSIVE checkpoint on its own connection, off the event loop, whenever the WAL changed: PASSIVE waits
 for nobody, and the writer keeps appending meanwhile.

@@ -21,6 +21,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, PoolProxiedConnecti
 from sqlalchemy.util.concurrency import await_
 
 from dbfoundation import implicit_transactions, postgres_driver
+from dbfoundation.admission import RUN_TURNS
 from dbfoundation.errors import DatabaseUnavailable
 from dbfoundation.pragmas import PragmaPlan, apply_pragmas
 from dbfoundation.settings import DatabaseSettings
@@ -85,7 +86,7 @@ def _sqlite_engine(
         if migrations
         else {
             "poolclass": AsyncAdaptedQueuePool,
-            "pool_size": settings.sqlite_readers if reader else 1,
+            "pool_size": settings.sqlite_readers if reader else RUN_TURNS,  # the writers: see WriteAdmission
             # The Database keeps its connections checked out between transactions (transaction.py), so code
             # that asks an engine for a connection of its own (the health probe, the pytest plugin's outer
             # transaction, an integration) gets one more rather than waiting for the pool timeout.

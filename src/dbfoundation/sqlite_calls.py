@@ -49,14 +49,16 @@ class PendingBegin:
 
     `admit` is awaited on the loop before that statement is sent (the writer's turn, see admission.py),
     so whatever the caller and the ORM do before their first statement does not hold up other writers;
-    `done` is called right after a successful COMMIT, before the session tidies up.
+    `done` is called right after a successful COMMIT, before the session tidies up, with the number of
+    statements the transaction ran; True means the turn went to another writer of this process, which
+    the driver lets run before it returns (admission.let_next_writer_run).
     """
 
     sql: str
     deadline: float | None = None  # time.monotonic() until which SQLITE_BUSY is retried (None: no retry)
     busy_timeout_ms: int | None = None  # the configured busy timeout, shortened to fit the deadline
     admit: Callable[[], Awaitable[None]] | None = None
-    done: Callable[[], None] | None = None
+    done: Callable[[int], bool] | None = None
     inline: bool = False  # once admitted, run statements on the calling (event loop) thread
     inline_commit: bool = False  # the COMMIT too (it writes the WAL without an fsync, or ends a read)
     inline_read_steps: int = 0  # a reader: run a statement on the calling thread up to this many VM steps

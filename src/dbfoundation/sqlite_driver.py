@@ -54,6 +54,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
+from dbfoundation.admission import let_next_writer_run
 from dbfoundation.errors import TransactionAborted
 from dbfoundation.sqlite_calls import (
     PendingBegin,
@@ -189,6 +190,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             adapted._handle_exception(error)
         adapted._pending_begin = None
         adapted._began = adapted._began or began_here
+        adapted._statements += 1
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = deque(rows) if rows else deque()
 
@@ -212,6 +214,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         "_prelude",
         "_read_steps",
         "_reads_held_back",
+        "_statements",
         "_thread_state",
     )
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
@@ -221,18 +224,19 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._pending_begin: PendingBegin | None = None
         self._prelude: list[str] = []  # savepoint statements waiting for the next statement or the COMMIT
         self._thread_state: dict[str, int] = {}  # written on the aiosqlite thread, read after its hop
-        self._on_commit: Callable[[], None] | None = None  # the admitted transaction's PendingBegin.done
+        self._on_commit: Callable[[int], bool] | None = None  # the admitted transaction's PendingBegin.done
         self._inline = self._inline_commit = False  # the admitted transaction's PendingBegin.inline*
         self._read_steps = 0  # the read transaction's PendingBegin.inline_read_steps
         self._reads_held_back: Callable[[], bool] | None = None  # and its inline_reads_held_back
         self._began = False  # the transaction's BEGIN ran (through a statement or begin_now())
         self._ended_by_sqlite = False  # a statement's error made SQLite roll back the whole transaction
+        self._statements = 0  # statements the transaction ran (told to PendingBegin.done)
 
     def _end_modes(self) -> None:
         """Forget the transaction's inline modes (taken from its PendingBegin at the first statement) and
         whether it began."""
         self._inline = self._inline_commit = False
-        self._read_steps = 0
+        self._read_steps = self._statements = 0
         self._began = self._ended_by_sqlite = False
 
     def cannot_commit(self) -> bool:
@@ -276,7 +280,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._ended_by_sqlite:
             self.rollback()
             raise TransactionAborted(backend="sqlite")
-        inline = self._inline_commit
+        inline, statements = self._inline_commit, self._statements
         self._end_modes()
         try:
             if inline:
@@ -288,8 +292,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         except Exception as error:
             self._handle_exception(error)
         done, self._on_commit = self._on_commit, None
-        if done is not None:  # committed: the next writer may begin while this one tidies up
-            done()
+        if done is not None and done(statements):  # committed: the next writer may begin while this one tidies up
+            await_(let_next_writer_run())
 
     def rollback(self) -> None:
         self._prelude = []  # whatever the savepoint statements would have done, the rollback undoes

@@ -9,7 +9,7 @@ greenlet; the SQLite turn ends right after the COMMIT. Only the error path pays 
 completion even if the task is cancelled (see session.py), and the transaction is rolled back at the
 driver before the slot is freed.
 
-It also keeps connections: the SQLite writer's one connection stays checked out between transactions
+It also keeps connections: the SQLite writers' connections stay checked out between transactions
 (`WriteAdmission.held`), as do the SQLite readers' and, up to pool_size - 1, PostgreSQL writers'
 (`PoolGate.held`). As a BEGIN is only recorded until the first statement (the SQLite driver; asyncpg's
 adapter begins lazily too), the next transaction begins on the event loop's thread with no greenlet and
@@ -187,7 +187,7 @@ class TransactionScope(Generic[Handle]):
         self._turn_held = False
 
     async def __aenter__(self) -> Handle:
-        # Order: a connection (a pooled one, or on SQLite the writer connection) and the session.
+        # Order: a connection (a pooled one, or on SQLite a writer connection) and the session.
         # No SQL yet: on SQLite the BEGIN and the writer's turn wait for the first statement (see
         # _take_turn), so other writers wait only for what needs the database file.
         admission = self._admission
@@ -235,17 +235,20 @@ class TransactionScope(Generic[Handle]):
             await self._admission.acquire_write(self._deadline)
             self._turn_held = True
 
-    def _end_turn(self) -> None:
-        """Called by the driver right after the COMMIT, and on every way out (idempotent). A block that
-        commits and goes on (db.connection()) asks for its turn again, with a fresh deadline."""
+    def _end_turn(self, statements: int | None = None) -> bool:
+        """Called by the driver right after the COMMIT with the number of statements run, and on every way
+        out (idempotent). A block that commits and goes on (db.connection()) asks for its turn again, with
+        a fresh deadline. True if the turn went to another writer of this process."""
+        handed = False
         if self._turn_held and isinstance(self._admission, WriteAdmission):
             self._turn_held = False
-            self._admission.release_write()
+            handed = self._admission.release_write(statements)
             self._deadline = asyncio.get_running_loop().time() + self._timeout_s
             if self._connection is not None and not self._connection.closed:
                 limits = self._connection.info.get(BEGIN_LIMITS_KEY)
                 if limits is not None:
                     limits["deadline"] = time.monotonic() + self._timeout_s
+        return handed
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
