@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import text
 
 import _workers
+from _lock_files import lock_file_is_free
 from dbfoundation import Database, DatabaseSettings, ReadOnlyError, WriteTimeout, admission, lock_file
 from dbfoundation.batching import IN_LINE_UNITS
 
@@ -330,18 +331,6 @@ async def test_cancelling_writers_mid_transaction_leaks_no_slot_and_no_partial_w
         assert counts == {2}  # every transaction is whole: both parts or nothing
 
 
-def _lock_file_is_free(path: Path) -> bool:
-    """Whether another open file description can take the write lock file right now."""
-    fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 def _open_descriptors(path: Path) -> int:
     """How many of this process's file descriptors are open on `path`."""
     found = 0
@@ -424,7 +413,7 @@ async def test_a_batch_that_goes_straight_to_the_line_takes_a_free_lock_file(tmp
             assert not file_lock._line_formed  # through the watcher, which found the lock free
             async with db.read() as session:
                 assert await session.scalar(text("SELECT count(*) FROM hits")) == 2 * IN_LINE_UNITS
-        assert _lock_file_is_free(tmp_path / "app.db")
+        assert lock_file_is_free(tmp_path / "app.db")
     finally:
         os.close(other)
 
@@ -446,7 +435,7 @@ async def test_a_submit_batch_that_gave_up_waiting_in_line_leaves_the_lock_file_
             await db.submit(text("INSERT INTO hits VALUES (2)"))  # within write_timeout: nothing kept the lock
             async with db.read() as session:
                 assert list(await session.scalars(text("SELECT n FROM hits"))) == [2]
-        assert _lock_file_is_free(tmp_path / "app.db")
+        assert lock_file_is_free(tmp_path / "app.db")
     finally:
         os.close(other)
 
@@ -515,7 +504,7 @@ async def test_lock_file_is_given_back_when_the_last_local_writer_leaves(tmp_pat
                 await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
 
         await asyncio.gather(*(writer(n) for n in range(100)))
-        assert _lock_file_is_free(tmp_path / "app.db")
+        assert lock_file_is_free(tmp_path / "app.db")
 
 
 async def test_the_lock_file_is_held_from_the_first_statement_to_the_commit(tmp_path: Path) -> None:
@@ -525,12 +514,12 @@ async def test_the_lock_file_is_held_from_the_first_statement_to_the_commit(tmp_
     lock_path = tmp_path / "app.db"
     async with Database.from_url(url) as db:
         async with db.write() as session:
-            assert _lock_file_is_free(lock_path)
+            assert lock_file_is_free(lock_path)
             await session.execute(text("INSERT INTO hits VALUES (1)"))
-            assert not _lock_file_is_free(lock_path)
-        assert _lock_file_is_free(lock_path)
+            assert not lock_file_is_free(lock_path)
+        assert lock_file_is_free(lock_path)
         async with db.write():
-            assert _lock_file_is_free(lock_path)
+            assert lock_file_is_free(lock_path)
         async with db.read() as session:
             assert await session.scalar(text("SELECT count(*) FROM hits")) == 1
 
@@ -560,7 +549,7 @@ async def test_a_writer_cancelled_while_waiting_for_the_lock_file_leaves_it_free
                     await session.execute(text("INSERT INTO hits VALUES (2)"))
             async with db.read() as session:
                 assert list(await session.scalars(text("SELECT n FROM hits"))) == [2]
-        assert _lock_file_is_free(tmp_path / "app.db")
+        assert lock_file_is_free(tmp_path / "app.db")
     finally:
         os.close(other)
 
@@ -610,10 +599,10 @@ async def test_a_connection_block_that_commits_and_goes_on_takes_its_turn_again(
         async with db.connection() as connection:
             await connection.execute(text("INSERT INTO hits VALUES (1)"))
             await connection.commit()
-            assert _lock_file_is_free(lock_path)
+            assert lock_file_is_free(lock_path)
             await connection.execute(text("INSERT INTO hits VALUES (2)"))
-            assert not _lock_file_is_free(lock_path)
-        assert _lock_file_is_free(lock_path)
+            assert not lock_file_is_free(lock_path)
+        assert lock_file_is_free(lock_path)
         async with db.engines.writer.connect() as plain:  # outside any scope: no stale limits left behind
             assert "dbf_begin_limits" not in plain.info
         async with db.read() as session:

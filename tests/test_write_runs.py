@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from _lock_files import lock_file_is_free
 from dbfoundation import Database, WriteTimeout
 from dbfoundation.admission import RUN_TURNS, WriteAdmission
 from dbfoundation.lock_file import LockFile
@@ -23,17 +24,6 @@ from dbfoundation.lock_file import LockFile
 
 def _url(path: Path) -> str:
     return f"sqlite:///{path}"
-
-
-def _lock_file_is_free(path: Path) -> bool:
-    fd = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 async def _create(db: Database) -> None:
@@ -61,6 +51,21 @@ async def _start_runs(db: Database) -> None:
     for n in range(1000, 1010):
         await _check_then_insert(db, n)
     assert _runs(db)
+
+
+async def _holding_the_turn(db: Database, let_go: asyncio.Event, *, name: str) -> asyncio.Task[None]:
+    """A task whose block has run its first statement (row 1), so holds the turn, until `let_go` is set."""
+    holds = asyncio.Event()
+
+    async def hold() -> None:
+        async with db.write() as session:
+            await session.execute(text("INSERT INTO hits VALUES (1)"))
+            holds.set()
+            await let_go.wait()
+
+    holder = asyncio.create_task(hold(), name=name)
+    await holds.wait()
+    return holder
 
 
 async def test_runs_follow_what_the_turns_run(tmp_path: Path) -> None:
@@ -136,7 +141,7 @@ async def test_a_second_writer_prepares_and_takes_the_turn_without_the_lock_file
             "other process still waiting": True,
             "releases after the second turn": 1,  # the run ended: the lock file went back
         }
-        assert _lock_file_is_free(path)
+        assert lock_file_is_free(path)
         async with db.read() as session:
             assert list(await session.scalars(text("SELECT n FROM hits WHERE n < 10 ORDER BY n"))) == [1, 2, 3, 4]
 
@@ -150,21 +155,13 @@ async def test_a_writer_waiting_for_the_turn_times_out_naming_the_holder_and_lea
     async with Database.from_url(_url(path), write_timeout=0.3) as db:
         await _create(db)
         await _start_runs(db)
-        holds, let_go = asyncio.Event(), asyncio.Event()
-
-        async def slow() -> None:
-            async with db.write() as session:
-                await session.execute(text("INSERT INTO hits VALUES (1)"))
-                holds.set()
-                await let_go.wait()
-
-        holder = asyncio.create_task(slow(), name="slow-writer")
-        await holds.wait()
+        let_go = asyncio.Event()
+        holder = await _holding_the_turn(db, let_go, name="slow-writer")
         with pytest.raises(WriteTimeout, match="slow-writer"):
             await _insert(db, 99)
         let_go.set()
         await holder
-        assert _lock_file_is_free(path)
+        assert lock_file_is_free(path)
         async with asyncio.timeout(5):
             await _insert(db, 2)
         async with db.read() as session:
@@ -172,20 +169,14 @@ async def test_a_writer_waiting_for_the_turn_times_out_naming_the_holder_and_lea
 
 
 async def test_a_writer_cancelled_while_waiting_for_the_turn_leaves_no_trace(tmp_path: Path) -> None:
+    """With runs on, a second writer cancelled while it waits for the turn inside its block leaves the turn,
+    the lock file and the rows as they were."""
     path = tmp_path / "app.db"
     async with Database.from_url(_url(path)) as db:
         await _create(db)
         await _start_runs(db)
-        holds, let_go = asyncio.Event(), asyncio.Event()
-
-        async def slow() -> None:
-            async with db.write() as session:
-                await session.execute(text("INSERT INTO hits VALUES (1)"))
-                holds.set()
-                await let_go.wait()
-
-        holder = asyncio.create_task(slow())
-        await holds.wait()
+        let_go = asyncio.Event()
+        holder = await _holding_the_turn(db, let_go, name="holder")
         waiting = asyncio.create_task(_insert(db, 99))
         await asyncio.sleep(0.05)
         assert not waiting.done()
@@ -196,7 +187,7 @@ async def test_a_writer_cancelled_while_waiting_for_the_turn_leaves_no_trace(tmp
         await holder
         async with asyncio.timeout(5):
             await _insert(db, 2)
-        assert _lock_file_is_free(path)
+        assert lock_file_is_free(path)
         async with db.read() as session:
             assert list(await session.scalars(text("SELECT n FROM hits WHERE n < 100 ORDER BY n"))) == [1, 2]
 
@@ -215,11 +206,11 @@ async def test_a_turn_handed_to_a_writer_cancelled_before_it_resumed_goes_on(tmp
         await asyncio.sleep(0.01)
         assert not second.done()  # in line for the turn
         assert gate.release_write(statements=2) is True  # handed over, the lock file still ours
-        assert not _lock_file_is_free(path)
+        assert not lock_file_is_free(path)
         second.cancel()  # before it could resume
         with pytest.raises(asyncio.CancelledError):
             await second
-        assert _lock_file_is_free(path)
+        assert lock_file_is_free(path)
         async with asyncio.timeout(1):
             await gate.acquire_write(deadline)  # nobody else has the turn
         assert gate.release_write() is False
@@ -261,7 +252,7 @@ async def test_a_cancellation_while_the_next_writer_runs_is_delivered_after_the_
         with pytest.raises(asyncio.CancelledError):
             await first_task
         assert reached == ["second's turn", "after the block"]  # the second went before the first tidied up
-        assert _lock_file_is_free(path)
+        assert lock_file_is_free(path)
         async with db.read() as session:
             assert list(await session.scalars(text("SELECT n FROM hits WHERE n < 10 ORDER BY n"))) == [1, 2]
 
@@ -274,9 +265,9 @@ async def test_after_a_run_the_next_writer_asks_through_the_watcher_and_gets_a_f
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(5):
             await lock.acquire(loop.time() + 5, via_watcher=True)
-        assert not _lock_file_is_free(tmp_path / "app.db")
+        assert not lock_file_is_free(tmp_path / "app.db")
         assert lock._watcher is not None  # it went through the watcher thread, not straight to the kernel
         lock.release()
-        assert _lock_file_is_free(tmp_path / "app.db")
+        assert lock_file_is_free(tmp_path / "app.db")
     finally:
         lock.close()
