@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dbfoundation.admission import RUN_TURNS
 from dbfoundation.database import Database
 from dbfoundation.pragmas import read_pragmas
 from dbfoundation.settings import DatabaseSettings
@@ -60,7 +61,7 @@ async def diagnose(settings: DatabaseSettings) -> dict[str, Any]:
         },
         "pool": (
             {
-                "writer connections": 1,
+                "writer connections": f"1, {RUN_TURNS} while writes run code between statements",
                 "reader connections": settings.sqlite_readers,
                 "pool_timeout_s": settings.pool_timeout,
             }

@@ -143,7 +143,8 @@ class DatabaseSettings(BaseSettings):
     sqlite_journal_size_limit: int = Field(default=67_108_864, ge=-1)
     """SQLite: bytes the WAL is truncated to after a checkpoint (-1: no limit)."""
     sqlite_readers: int = Field(default=4, ge=1, le=64)
-    """SQLite: reader connections per process (each is a thread); the writer is always one."""
+    """SQLite: reader connections per process (each is a thread); writers are one or two, taking turns
+    (admission.WriteAdmission)."""
     sqlite_inline_writes: bool = True
     """SQLite: once a writer has its turn, run its statements (and, in WAL at synchronous NORMAL or OFF,
     its COMMIT) on the event loop's thread instead of a thread hop each: ~1.4x writes/s. A statement then
