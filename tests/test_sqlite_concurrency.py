@@ -607,3 +607,24 @@ async def test_a_connection_block_that_commits_and_goes_on_takes_its_turn_again(
             assert "dbf_begin_limits" not in plain.info
         async with db.read() as session:
             assert list(await session.scalars(text("SELECT n FROM hits ORDER BY n"))) == [1, 2]
+
+
+async def test_a_batch_taken_in_line_gives_up_the_cpu_after_its_release_and_a_db_write_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an in-line batch lets go of the lock file the process yields its CPU once (sched_yield), so
+    the next process in the kernel's line runs before this one's callers resume; db.write() turns do not."""
+    url = _make_hits(tmp_path / "app.db")
+    yields: list[float] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(time.monotonic()))
+    async with Database.from_url(url) as db:
+        for n in range(3):
+            async with db.write() as session:
+                await session.execute(text("INSERT INTO hits VALUES (:n)"), {"n": n})
+        assert yields == []
+        insert = text("INSERT INTO hits VALUES (:n)")
+        await asyncio.gather(*(db.submit(insert, {"n": 100 + n}) for n in range(IN_LINE_UNITS)))
+        assert len(yields) == 1  # one batch, one release
+        assert lock_file_is_free(tmp_path / "app.db")
+        async with db.read() as session:
+            assert await session.scalar(text("SELECT count(*) FROM hits")) == 3 + IN_LINE_UNITS

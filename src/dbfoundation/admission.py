@@ -122,6 +122,7 @@ class WriteAdmission:
         self._turn_line: collections.deque[asyncio.Future[bool]] = collections.deque()
         self._run = 0  # turns in a row since the lock file was taken
         self._after_run = False  # a run just ended: the next writer of this process lets others go first
+        self._taken_in_line = False  # the lock file was waited for in the kernel's line (WAIT_IN_LINE)
         self._code_in_turn = 0.0  # moving share of recent turns that ran more than one statement
 
     @property
@@ -208,8 +209,9 @@ class WriteAdmission:
         if self._file_lock is None:
             return
         after_run, self._after_run = self._after_run, False
+        in_line = WAIT_IN_LINE.get()
         try:
-            await self._file_lock.acquire(deadline, in_line=WAIT_IN_LINE.get(), via_watcher=after_run)
+            await self._file_lock.acquire(deadline, in_line=in_line, via_watcher=after_run)
         except BaseException as exc:
             self._pass_on()
             if isinstance(exc, TimeoutError):
@@ -218,6 +220,7 @@ class WriteAdmission:
             raise
         self._run = 0
         self._holder = _task_name()
+        self._taken_in_line = in_line
 
     def release_write(self, statements: int | None = None) -> bool:
         """Done with the database file (committed or rolled back): let the next writer in. `statements`:
@@ -238,6 +241,8 @@ class WriteAdmission:
             # Else the next writer here, which runs microseconds from now, would take the lock file back
             # before any other process's waiter has woken: it asks through the watcher, a thread hop later.
             self._after_run = bool(self._turn_line)
+            if self._taken_in_line:
+                _yield_cpu()
         self._pass_on()
         return False
 
@@ -313,6 +318,21 @@ class _Gate:
             if not place.done():
                 self._inside += 1
                 place.set_result(None)
+
+
+def _yield_cpu() -> None:
+    """Give this thread's CPU to another runnable thread, if any (sched_yield).
+
+    After a group-commit batch lets go of the lock file its callers resume in one burst of Python (64 at
+    4 x 64 tasks), and the next process in the kernel's line, woken by the release, waited for a CPU behind
+    such bursts: the lock file sat idle 1.5 ms at p90 and 2.8 ms at p99 between batches. Yielding once
+    lets it run first. Alternating runs at 4 x 64: 31,021-36,476 against 27,819-35,362 req/s, p99
+    15.7-19.6 against 17.4-20.9 ms. Not after db.write() turns: inserts lost 13-16 % (their next writer
+    is often this process's own, and the CPU is what limits them).
+    """
+    sched_yield = getattr(os, "sched_yield", None)
+    if sched_yield is not None:
+        sched_yield()
 
 
 def _task_name() -> str:
