@@ -101,8 +101,10 @@ class WriteAdmission:
     (a plain insert) gains nothing from that, and the second writer's waits cost CPU: then one writer at a
     time prepares, and the lock file goes back to the kernel after every transaction. Measured at 4
     processes x 64 tasks (benchmarks/notes/ingest.md): check-then-insert +5-12 %, a read-then-update
-    counter +10-15 %, plain inserts unchanged (two writers for them too: -15 %). Without the yield the
-    next writer waited ~80 us for the first one's tidying up; a third writer gained nothing.
+    counter +10-15 %, plain inserts unchanged (two writers for them too: -15 %, though +18-30 % on a host
+    three times slower, where a hand-over between processes costs more: which wins depends on the host).
+    Without the yield the next writer waited ~80 us for the first one's tidying up; a third writer gained
+    nothing.
 
     `held` keeps the writers' SQLAlchemy connections checked out between transactions (see
     transaction.TransactionScope): only a holder of `acquire_local()` may take one or put one back.
