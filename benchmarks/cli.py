@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.adapters import IMPLS
-from benchmarks.report import render, summarize
+from benchmarks.report import render, results_markdown, summarize
 from benchmarks.runner import RunSpec, run_one
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.targets import default_workdir, postgres_version
@@ -62,16 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/, quick: .runs/quick)")
     run.add_argument("--workdir", type=Path, default=None, help="where SQLite files go (local disk)")
     run.add_argument("--profile", metavar="IMPL", choices=sorted(IMPLS), help="pyinstrument this impl's workers")
-    sub.add_parser("render", help="re-render RESULTS.md and charts from benchmarks/results/*.json")
+    render_cmd = sub.add_parser("render", help="re-render RESULTS.md and charts from benchmarks/results/*.json")
+    render_cmd.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if RESULTS.md differs from what render writes"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "render":
+        if args.check:
+            return check_rendered(HERE)
         print(render(HERE))
         return 0
     return run(args, argv if argv is not None else sys.argv[1:])
+
+
+def check_rendered(out_dir: Path) -> int:
+    """RESULTS.md is generated; a notes/*.md or results/*.json edit that was not rendered leaves it stale."""
+    if (out_dir / "RESULTS.md").read_text() == results_markdown(out_dir / "results"):
+        print(f"{out_dir / 'RESULTS.md'} is up to date")
+        return 0
+    print(
+        f"{out_dir / 'RESULTS.md'} differs from benchmarks/results/*.json and benchmarks/notes/*.md: "
+        "run `python -m benchmarks render` and commit the result",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:

@@ -123,10 +123,25 @@ def chart(doc_group: list[dict[str, Any]], path: Path) -> None:
 
 
 def render(out_dir: Path) -> Path:
+    """Write `out_dir`/RESULTS.md and a chart per scenario from `out_dir`/results/*.json."""
     results_dir = out_dir / "results"
-    charts_dir = out_dir / "charts"
+    for name, group in _by_scenario(load_all(results_dir)).items():
+        chart(group, out_dir / "charts" / f"{name}.png")
+    out = out_dir / "RESULTS.md"
+    out.write_text(results_markdown(results_dir))
+    return out
+
+
+def _by_scenario(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        by_scenario.setdefault(d["scenario"], []).append(d)
+    return by_scenario
+
+
+def results_markdown(results_dir: Path) -> str:
+    """The text of RESULTS.md: the tables from `results_dir`/*.json, with each scenario's notes/<name>.md."""
     notes_dir = Path(__file__).parent / "notes"
-    docs = load_all(results_dir)
     lines = [
         "# dbfoundation benchmark results",
         "",
@@ -143,16 +158,11 @@ def render(out_dir: Path) -> Path:
         "medians per run of the errors that completed inside the measured window.",
         "",
     ]
-    by_scenario: dict[str, list[dict[str, Any]]] = {}
-    for d in docs:
-        by_scenario.setdefault(d["scenario"], []).append(d)
-    for name, group in by_scenario.items():
+    for name, group in _by_scenario(load_all(results_dir)).items():
         scenario = SCENARIOS.get(name)
         lines += [f"## {name}", ""]
         if scenario:
             lines += [scenario.title + ".", ""]
-        chart_path = charts_dir / f"{name}.png"
-        chart(group, chart_path)
         lines += [f"![{name}](charts/{name}.png)", ""]
         for doc in group:
             m = doc["machine"]
@@ -210,9 +220,7 @@ def render(out_dir: Path) -> Path:
         if note.exists():
             lines += ["**Reading.**", "", note.read_text().strip(), ""]
     lines += _included_markdown(results_dir)
-    out = out_dir / "RESULTS.md"
-    out.write_text("\n".join(lines).rstrip() + "\n")
-    return out
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def write_section(path: Path, lines: list[str]) -> None:

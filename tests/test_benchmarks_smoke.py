@@ -90,3 +90,17 @@ def test_counter_loses_no_increment_on_postgres(tmp_path: Path) -> None:
     impls = ["asyncpg-raw", "dbf-write", "dbf-submit"]
     run_bench(tmp_path, "counter", "--backend", "postgres", "--impl", *impls)
     assert_completed(runs(tmp_path, "counter", "postgres"), impls)
+
+
+def test_published_results_are_rendered_from_their_sources() -> None:
+    """benchmarks/RESULTS.md is generated from results/*.json and notes/*.md; an edit of either that was
+    not rendered would publish a stale page (it happened once: three notes commits never reached it)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "render", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
